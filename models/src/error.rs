@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+
+/// Errors of the model description and its weight files. Each message names the file or tensor
+/// at fault, so the binaries can print it as their one-line error.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown architecture `{0}` (expected resnet18, resnet34 or resnet50)")]
+    UnknownArch(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{file}: missing tensor `{name}`")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{file}: tensor `{name}` has dtype {found}, expected {expected}")]
+    DtypeMismatch {
+        file: String,
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{file}: tensor `{name}` holds NaN or infinite values")]
+    NonFinite { file: String, name: String },
+    #[error("{file}: unexpected tensor `{name}` (not part of {what})")]
+    UnexpectedTensor {
+        file: String,
+        name: String,
+        what: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,23 @@
+//! The network, described once.
+//!
+//! [`ResNetDesc`], [`MlpHead`] and [`Classifier`] are plain data: layer shapes, strides and
+//! torchvision's parameter names. Two lowerings read them: [`tch_lowering`] (feature `tch`) builds
+//! trainable libtorch modules for the trainer, and the exporter walks the same structs to emit ONNX
+//! nodes without linking libtorch. [`weights`] moves named tensors to and from safetensors.
+
+pub mod arch;
+pub mod error;
+pub mod heads;
+pub mod layers;
+pub mod resnet;
+pub mod weights;
+
+#[cfg(feature = "tch")]
+pub mod tch_lowering;
+
+pub use arch::{Arch, BlockKind};
+pub use error::{ModelError, Result};
+pub use heads::{Classifier, MlpHead, MOCO_DIM};
+pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
+pub use resnet::{Block, ResNetDesc, Stage, Stem};
+pub use weights::{DType, TensorData, TensorMap};

@@ -1,0 +1,81 @@
+//! The MoCo projection MLP and the linear classifier as tch modules.
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+use crate::heads::{Classifier, MlpHead};
+use crate::layers::Linear;
+
+use super::path_for;
+
+#[derive(Debug)]
+pub struct LinearModule {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl LinearModule {
+    /// PyTorch's `nn.Linear` default init: weight and bias uniform in ±1/sqrt(in_features)
+    /// (kaiming_uniform with a=sqrt(5) reduces to that bound).
+    pub fn new(root: &nn::Path, spec: &Linear) -> Self {
+        let bound = 1.0 / (spec.in_features as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let p = path_for(root, &spec.name);
+        let (o, i) = (spec.out_features as i64, spec.in_features as i64);
+        LinearModule {
+            weight: p.var("weight", &[o, i], init),
+            bias: p.var("bias", &[o], init),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+#[derive(Debug)]
+pub struct MlpHeadModule {
+    pub fc1: LinearModule,
+    pub fc2: LinearModule,
+}
+
+impl MlpHeadModule {
+    pub fn new(root: &nn::Path, spec: &MlpHead) -> Self {
+        MlpHeadModule {
+            fc1: LinearModule::new(root, &spec.fc1),
+            fc2: LinearModule::new(root, &spec.fc2),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.fc1.forward(x).relu())
+    }
+}
+
+#[derive(Debug)]
+pub struct ClassifierModule {
+    pub fc: LinearModule,
+}
+
+impl ClassifierModule {
+    pub fn new(root: &nn::Path, spec: &Classifier) -> Self {
+        ClassifierModule {
+            fc: LinearModule::new(root, &spec.fc),
+        }
+    }
+
+    /// MoCo's linear protocol init: weight N(0, 0.01), bias 0.
+    pub fn reset_moco(&mut self) {
+        tch::no_grad(|| {
+            let _ = self.fc.weight.normal_(0.0, 0.01);
+            let _ = self.fc.bias.zero_();
+        });
+    }
+
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        self.fc.forward(features)
+    }
+}

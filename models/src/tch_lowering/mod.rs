@@ -1,0 +1,26 @@
+//! The training lowering: the description built as libtorch modules through tch.
+//!
+//! Variables live in a `tch::nn::VarStore` under torchvision's dotted names, so
+//! `vs.variables()` is a torchvision state_dict and [`convert`] moves it to and from safetensors.
+
+pub mod batch_norm;
+pub mod convert;
+pub mod device;
+pub mod heads;
+pub mod resnet;
+
+pub use batch_norm::BatchNorm;
+pub use convert::{load_into, tensor_to_data, to_tensor_map};
+pub use device::parse_device;
+pub use heads::{ClassifierModule, MlpHeadModule};
+pub use resnet::ResNet;
+
+use tch::nn;
+
+/// The VarStore path of a dotted torchvision name (`layer1.0.conv1` → root/layer1/0/conv1):
+/// tch refuses dots inside one path component.
+pub fn path_for<'a>(root: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
+    let mut parts = dotted.split('.');
+    let first = parts.next().unwrap_or_default();
+    parts.fold(root / first, |p, part| &p / part)
+}

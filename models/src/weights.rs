@@ -1,0 +1,350 @@
+//! Named tensors on disk as safetensors, without libtorch: the one format every crate reads and
+//! writes (the trainer through `tch_lowering::convert`, the exporter directly).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{ModelError, Result};
+use crate::layers::{TensorRole, TensorSpec};
+
+/// Element type kept in memory. Half-precision and f64 files are widened/narrowed to f32 on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    I64,
+}
+
+impl DType {
+    fn safetensors(self) -> Dtype {
+        match self {
+            DType::F32 => Dtype::F32,
+            DType::I64 => Dtype::I64,
+        }
+    }
+}
+
+/// One tensor: little-endian bytes, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorData {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl TensorData {
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), values.len());
+        TensorData {
+            dtype: DType::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), values.len());
+        TensorData {
+            dtype: DType::I64,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Values as f32 (an int64 counter is converted, which is exact below 2^24).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 => self
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::I64 => self.to_i64().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    pub fn to_i64(&self) -> Vec<i64> {
+        match self.dtype {
+            DType::I64 => self
+                .bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+                .collect(),
+            DType::F32 => self.to_f32().into_iter().map(|v| v as i64).collect(),
+        }
+    }
+
+    fn from_view(view: &TensorView<'_>) -> std::result::Result<Self, String> {
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let widen = |f: &dyn Fn(&[u8]) -> f32, width: usize| -> Vec<u8> {
+            data.chunks_exact(width)
+                .flat_map(|c| f(c).to_le_bytes())
+                .collect()
+        };
+        let (dtype, bytes) = match view.dtype() {
+            Dtype::F32 => (DType::F32, data.to_vec()),
+            Dtype::I64 => (DType::I64, data.to_vec()),
+            Dtype::F16 => (
+                DType::F32,
+                widen(&|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
+            ),
+            Dtype::BF16 => (
+                DType::F32,
+                widen(&|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
+            ),
+            Dtype::F64 => (
+                DType::F32,
+                widen(
+                    &|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32,
+                    8,
+                ),
+            ),
+            other => return Err(format!("unsupported dtype {other:?}")),
+        };
+        Ok(TensorData {
+            dtype,
+            shape,
+            bytes,
+        })
+    }
+}
+
+/// An ordered map of named tensors plus the file's string metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TensorMap {
+    pub tensors: BTreeMap<String, TensorData>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl TensorMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, t: TensorData) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorData> {
+        self.tensors.get(name)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes).map_err(|message| ModelError::Format {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+        let mut map = TensorMap::new();
+        for (name, view) in st.iter() {
+            let t = TensorData::from_view(&view).map_err(|e| format!("tensor `{name}`: {e}"))?;
+            map.tensors.insert(name.to_string(), t);
+        }
+        if let Some(m) = meta.metadata() {
+            map.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        Ok(map)
+    }
+
+    pub fn to_bytes(&self) -> std::result::Result<Vec<u8>, String> {
+        let views = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                TensorView::new(t.dtype.safetensors(), t.shape.clone(), &t.bytes)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| format!("tensor `{name}`: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let meta: Option<HashMap<String, String>> = (!self.metadata.is_empty()).then(|| {
+            self.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
+        safetensors::serialize(views, meta).map_err(|e| e.to_string())
+    }
+
+    /// Writes atomically: a reader sees the old file or the complete new one, never a torn one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes().map_err(|message| ModelError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Checks that every spec is present with its shape and finite values. Tensors beyond the
+    /// specs are refused unless `allow_extra` accepts their name (a checkpoint may carry a head).
+    pub fn check(
+        &self,
+        specs: &[TensorSpec],
+        file: &str,
+        what: &str,
+        allow_extra: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        for s in specs {
+            let t = self
+                .tensors
+                .get(&s.name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    file: file.into(),
+                    name: s.name.clone(),
+                })?;
+            if t.shape != s.shape {
+                return Err(ModelError::ShapeMismatch {
+                    file: file.into(),
+                    name: s.name.clone(),
+                    found: t.shape.clone(),
+                    expected: s.shape.clone(),
+                });
+            }
+            if s.role != TensorRole::Counter && t.to_f32().iter().any(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    file: file.into(),
+                    name: s.name.clone(),
+                });
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = self
+            .tensors
+            .keys()
+            .find(|k| !known.contains(k.as_str()) && !allow_extra(k))
+        {
+            return Err(ModelError::UnexpectedTensor {
+                file: file.into(),
+                name: extra.clone(),
+                what: what.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Temp file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arch, ResNetDesc};
+
+    #[test]
+    fn round_trip_keeps_values_dtypes_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut m = TensorMap::new();
+        m.insert(
+            "a.weight",
+            TensorData::from_f32(vec![2, 2], &[1.0, -2.5, 3.0, 4.0]),
+        );
+        m.insert("a.num_batches_tracked", TensorData::from_i64(vec![], &[7]));
+        m.metadata.insert("moco.arch".into(), "resnet18".into());
+        m.save(&path).unwrap();
+        let back = TensorMap::load(&path).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.get("a.num_batches_tracked").unwrap().to_i64(), vec![7]);
+    }
+
+    #[test]
+    fn check_names_the_missing_and_misshapen_tensor() {
+        let specs = ResNetDesc::new(Arch::Resnet18).tensors();
+        let mut m = TensorMap::new();
+        for s in &specs {
+            let n = s.shape.iter().product();
+            m.insert(
+                s.name.clone(),
+                TensorData::from_f32(s.shape.clone(), &vec![0.5; n]),
+            );
+        }
+        m.check(&specs, "enc.safetensors", "resnet18", |_| false)
+            .unwrap();
+
+        let mut bad = m.clone();
+        bad.tensors.remove("layer3.1.bn2.running_var");
+        let e = bad
+            .check(&specs, "enc.safetensors", "resnet18", |_| false)
+            .unwrap_err();
+        assert!(e.to_string().contains("layer3.1.bn2.running_var"), "{e}");
+
+        let mut bad = m.clone();
+        bad.insert("conv1.weight", TensorData::from_f32(vec![1], &[0.0]));
+        let e = bad
+            .check(&specs, "enc.safetensors", "resnet18", |_| false)
+            .unwrap_err();
+        assert!(e.to_string().contains("shape [1]"), "{e}");
+
+        let mut bad = m.clone();
+        let n = 64 * 3 * 7 * 7;
+        let mut v = vec![0.1; n];
+        v[5] = f32::NAN;
+        bad.insert("conv1.weight", TensorData::from_f32(vec![64, 3, 7, 7], &v));
+        let e = bad
+            .check(&specs, "enc.safetensors", "resnet18", |_| false)
+            .unwrap_err();
+        assert!(e.to_string().contains("NaN"), "{e}");
+
+        let mut extra = m.clone();
+        extra.insert("fc.weight", TensorData::from_f32(vec![1], &[0.0]));
+        assert!(extra.check(&specs, "e", "resnet18", |_| false).is_err());
+        extra
+            .check(&specs, "e", "resnet18", |n| n.starts_with("fc."))
+            .unwrap();
+    }
+
+    #[test]
+    fn garbage_is_a_format_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.safetensors");
+        fs::write(&path, b"not a safetensors file at all").unwrap();
+        let e = TensorMap::load(&path).unwrap_err();
+        assert!(e.to_string().contains("junk.safetensors"), "{e}");
+    }
+}

@@ -1,0 +1,6 @@
+//! Shared helpers of the integration tests: locating the project's `.venv`, running the Python
+//! references, and comparing tensors with tolerances.
+
+pub mod compare;
+pub mod parity;
+pub mod python;

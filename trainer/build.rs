@@ -1,0 +1,22 @@
+// tch's link flags stop at the tch crate: the final binary must itself ask for libtorch, with an
+// rpath to the wheel's torch/lib (so `moco-train` runs from the checkout without LD_LIBRARY_PATH),
+// and keep libtorch_cuda even though no Rust symbol references it — otherwise the linker drops it
+// under --as-needed and CUDA silently disappears on a GPU machine.
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        println!("cargo:rustc-link-search=native={lib}");
+        let cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
+        let libs = if cuda {
+            "-ltorch -ltorch_cuda"
+        } else {
+            "-ltorch"
+        };
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        for l in libs.split(' ') {
+            println!("cargo:rustc-link-arg={l}");
+        }
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}
