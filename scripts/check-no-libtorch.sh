@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # exporter and infer ship without libtorch: neither may depend on tch or torch-sys, directly or
-# through models' `tch` feature.
+# through models' `tch` feature, and their release binaries (built per package, since a
+# workspace-wide build unifies features) must not load it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
 for crate in moco-exporter moco-infer; do
-  if cargo tree -p "$crate" -e normal,build --prefix none | grep -E '^(tch|torch-sys) ' ; then
+  if cargo tree -p "$crate" -e normal,build --prefix none | grep -E '^(tch|torch-sys) '; then
     echo "check-no-libtorch: $crate depends on libtorch (above)" >&2
     fail=1
   fi
 done
-[ "$fail" = 0 ] && echo "check-no-libtorch: moco-exporter and moco-infer do not depend on tch/torch-sys"
+cargo build --release -q -p moco-exporter -p moco-infer
+for bin in moco-export moco-infer; do
+  if ldd "target/release/$bin" | grep -E 'libtorch|libc10'; then
+    echo "check-no-libtorch: target/release/$bin loads libtorch (above)" >&2
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] && echo "check-no-libtorch: moco-export and moco-infer neither depend on nor load libtorch"
 exit "$fail"

@@ -19,7 +19,9 @@ pack() {
   cd "$root"
   bash scripts/setup.sh
   . scripts/env.sh
-  cargo build --release -p moco-trainer -p moco-tests -p moco-exporter -p moco-infer >&2
+  # Two builds: one workspace-wide build would unify features and hand models' tch to infer.
+  cargo build --release -p moco-trainer -p moco-tests >&2
+  cargo build --release -p moco-exporter -p moco-infer >&2
   rm -rf "$pack_dir"; mkdir -p "$pack_dir/bin"
   for b in "${bins[@]}"; do
     [ -x "target/release/$b" ] || continue

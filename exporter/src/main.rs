@@ -1,20 +1,27 @@
 //! `moco-export`: checkpoint (safetensors) → ONNX, without libtorch.
 
+use std::process::ExitCode;
+
 use clap::Parser;
+use moco_exporter::cli::ExportArgs;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "moco-export",
     version,
-    about = "Checkpoint (safetensors) to ONNX, without libtorch",
-    arg_required_else_help = true
+    about = "Encoder + classifier checkpoint (safetensors) to one ONNX file, without libtorch"
 )]
 struct Cli {
-    /// The backbone checkpoint (RUN/encoder.safetensors).
-    #[arg(long)]
-    encoder: std::path::PathBuf,
+    #[command(flatten)]
+    args: ExportArgs,
 }
 
-fn main() {
-    let _ = Cli::parse();
+fn main() -> ExitCode {
+    match Cli::parse().args.run_and_report() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moco-export: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -32,6 +32,12 @@ pub enum ModelError {
     },
     #[error("{file}: tensor `{name}` holds NaN or infinite values")]
     NonFinite { file: String, name: String },
+    #[error("{file}: metadata says {named} but the tensors are those of a {found}")]
+    ArchMismatch {
+        file: String,
+        named: String,
+        found: String,
+    },
     #[error("{file}: unexpected tensor `{name}` (not part of {what})")]
     UnexpectedTensor {
         file: String,

@@ -9,6 +9,7 @@ pub mod arch;
 pub mod error;
 pub mod heads;
 pub mod layers;
+pub mod preprocess;
 pub mod resnet;
 pub mod weights;
 
@@ -19,5 +20,6 @@ pub use arch::{Arch, BlockKind};
 pub use error::{ModelError, Result};
 pub use heads::{Classifier, MlpHead, MOCO_DIM};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
+pub use preprocess::Preprocess;
 pub use resnet::{Block, ResNetDesc, Stage, Stem};
 pub use weights::{DType, TensorData, TensorMap};

@@ -222,3 +222,33 @@ mod tests {
         assert_eq!(names.len(), 53 * 6);
     }
 }
+
+impl ResNetDesc {
+    /// The architecture of a backbone checkpoint: its `moco.arch` metadata when present, checked
+    /// against the tensors it holds; otherwise read from the tensors alone (a torchvision
+    /// state_dict saved without metadata).
+    pub fn detect_arch(map: &crate::TensorMap, file: &str) -> crate::Result<Arch> {
+        let has = |n: &str| map.tensors.contains_key(n);
+        let by_structure = if has("layer1.0.conv3.weight") {
+            Arch::Resnet50
+        } else if has("layer3.5.conv1.weight") {
+            Arch::Resnet34
+        } else {
+            Arch::Resnet18
+        };
+        match map.metadata.get(crate::preprocess::META_ARCH) {
+            Some(named) => {
+                let named: Arch = named.parse()?;
+                if named != by_structure {
+                    return Err(crate::ModelError::ArchMismatch {
+                        file: file.into(),
+                        named: named.to_string(),
+                        found: by_structure.to_string(),
+                    });
+                }
+                Ok(named)
+            }
+            None => Ok(by_structure),
+        }
+    }
+}
