@@ -187,6 +187,36 @@ impl ResNetDesc {
     }
 }
 
+impl ResNetDesc {
+    /// The architecture of a backbone checkpoint: its `moco.arch` metadata when present, checked
+    /// against the tensors it holds; otherwise read from the tensors alone (a torchvision
+    /// state_dict saved without metadata).
+    pub fn detect_arch(map: &crate::TensorMap, file: &str) -> crate::Result<Arch> {
+        let has = |n: &str| map.tensors.contains_key(n);
+        let by_structure = if has("layer1.0.conv3.weight") {
+            Arch::Resnet50
+        } else if has("layer3.5.conv1.weight") {
+            Arch::Resnet34
+        } else {
+            Arch::Resnet18
+        };
+        match map.metadata.get(crate::preprocess::META_ARCH) {
+            Some(named) => {
+                let named: Arch = named.parse()?;
+                if named != by_structure {
+                    return Err(crate::ModelError::ArchMismatch {
+                        file: file.into(),
+                        named: named.to_string(),
+                        found: by_structure.to_string(),
+                    });
+                }
+                Ok(named)
+            }
+            None => Ok(by_structure),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,34 +251,19 @@ mod tests {
         // 53 convolutions (1 stem + 16 blocks × 3 + 4 shortcuts), each with a BN of 5 entries.
         assert_eq!(names.len(), 53 * 6);
     }
-}
 
-impl ResNetDesc {
-    /// The architecture of a backbone checkpoint: its `moco.arch` metadata when present, checked
-    /// against the tensors it holds; otherwise read from the tensors alone (a torchvision
-    /// state_dict saved without metadata).
-    pub fn detect_arch(map: &crate::TensorMap, file: &str) -> crate::Result<Arch> {
-        let has = |n: &str| map.tensors.contains_key(n);
-        let by_structure = if has("layer1.0.conv3.weight") {
-            Arch::Resnet50
-        } else if has("layer3.5.conv1.weight") {
-            Arch::Resnet34
-        } else {
-            Arch::Resnet18
-        };
-        match map.metadata.get(crate::preprocess::META_ARCH) {
-            Some(named) => {
-                let named: Arch = named.parse()?;
-                if named != by_structure {
-                    return Err(crate::ModelError::ArchMismatch {
-                        file: file.into(),
-                        named: named.to_string(),
-                        found: by_structure.to_string(),
-                    });
-                }
-                Ok(named)
+    #[test]
+    fn arch_is_detected_from_tensors_and_checked_against_metadata() {
+        use crate::{TensorData, TensorMap};
+        for arch in Arch::ALL {
+            let mut m = TensorMap::new();
+            for t in ResNetDesc::new(arch).tensors() {
+                m.insert(t.name, TensorData::from_f32(vec![], &[0.0]));
             }
-            None => Ok(by_structure),
+            assert_eq!(ResNetDesc::detect_arch(&m, "f").unwrap(), arch);
+            m.metadata.insert("moco.arch".into(), "resnet50".into());
+            let r = ResNetDesc::detect_arch(&m, "f");
+            assert_eq!(r.is_ok(), arch == Arch::Resnet50, "{r:?}");
         }
     }
 }

@@ -1,0 +1,114 @@
+//! What `moco-infer` needs from an ONNX file before running it: the input/outputs it expects
+//! and the preprocessing and class names in its metadata (SPEC "ONNX model").
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use models::preprocess::{META_ARCH, META_CLASSES};
+use models::Preprocess;
+use prost::Message;
+use tract_onnx::pb::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto};
+
+use crate::InferError;
+
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub preprocess: Preprocess,
+    pub classes: Vec<String>,
+    pub arch: String,
+    /// Output names in graph order (`logits`, maybe `features`).
+    pub outputs: Vec<String>,
+    pub num_classes: usize,
+}
+
+fn dims(vi: &tract_onnx::pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    match vi.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(t) => Some(
+            t.shape
+                .as_ref()?
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(DimValue::DimValue(v)) => Some(v),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Parses and validates the model's interface (the weights are left to the runtime).
+pub fn parse_model_info(bytes: &[u8], path: &Path) -> Result<ModelInfo, InferError> {
+    let bad = |m: String| InferError::Model(format!("{}: {m}", path.display()));
+    let model = ModelProto::decode(bytes).map_err(|e| bad(format!("not an ONNX model ({e})")))?;
+    let graph = model.graph.as_ref().ok_or_else(|| bad("no graph".into()))?;
+    let meta: HashMap<String, String> = model
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
+    let preprocess = Preprocess::from_metadata(|k| meta.get(k).cloned())
+        .map_err(|e| bad(format!("{e} (was it exported by moco-export?)")))?;
+
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<_> = graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .collect();
+    let [input] = inputs.as_slice() else {
+        return Err(bad(format!(
+            "expected one input `image`, found {}",
+            inputs.len()
+        )));
+    };
+    let crop = preprocess.crop as i64;
+    match dims(input) {
+        Some(d)
+            if input.name == "image"
+                && d.len() == 4
+                && d[1] == Some(3)
+                && d[2].is_none_or(|h| h == crop)
+                && d[3].is_none_or(|w| w == crop) => {}
+        d => {
+            return Err(bad(format!(
+                "input `{}` has shape {d:?}; expected `image` [N,3,{crop},{crop}]",
+                input.name
+            )))
+        }
+    }
+    let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let logits = graph.output.iter().find(|o| o.name == "logits");
+    let num_classes = match logits.and_then(dims) {
+        Some(d) if d.len() == 2 => d[1].unwrap_or(0) as usize,
+        Some(d) => {
+            return Err(bad(format!(
+                "output `logits` has rank {}, expected 2",
+                d.len()
+            )))
+        }
+        None => 0,
+    };
+    let classes: Vec<String> = match meta.get(META_CLASSES) {
+        Some(j) => {
+            serde_json::from_str(j).map_err(|e| bad(format!("metadata `{META_CLASSES}`: {e}")))?
+        }
+        None => (0..num_classes).map(|i| i.to_string()).collect(),
+    };
+    if logits.is_some() && classes.len() != num_classes {
+        return Err(bad(format!(
+            "{} class names in metadata for {num_classes} logits",
+            classes.len()
+        )));
+    }
+    Ok(ModelInfo {
+        preprocess,
+        classes,
+        arch: meta.get(META_ARCH).cloned().unwrap_or_default(),
+        outputs,
+        num_classes,
+    })
+}

@@ -1,0 +1,52 @@
+//! The predictions CSV (SPEC): `image,prediction,label`, one row per image in dataset order,
+//! label empty when unknown; written to a temp file and renamed, so no partial CSV is left.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use datasets::SplitData;
+
+use crate::pipeline::Prediction;
+use crate::InferError;
+
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn render(data: &SplitData, preds: &[Prediction]) -> String {
+    let mut by_index: Vec<Option<&Prediction>> = vec![None; data.samples.len()];
+    for p in preds {
+        by_index[p.index] = Some(p);
+    }
+    let mut out = String::from("image,prediction,label\n");
+    for (sample, p) in data.samples.iter().zip(by_index) {
+        let Some(p) = p else { continue }; // skipped as undecodable (--skip-bad)
+        let label = sample.label.map(|l| l.to_string()).unwrap_or_default();
+        let pred = p.top.first().map(|c| c.to_string()).unwrap_or_default();
+        out.push_str(&format!("{},{pred},{label}\n", field(&sample.name)));
+    }
+    out
+}
+
+/// Checks up front that the CSV can be written (before minutes of inference).
+pub fn check_writable(path: &Path) -> Result<PathBuf, InferError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".moco-infer-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b""))
+        .map_err(|e| InferError::Usage(format!("--predictions {}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
+}
+
+pub fn write(path: &Path, text: &str) -> Result<(), InferError> {
+    models::weights::write_atomic(path, text.as_bytes())
+        .map_err(|e| InferError::Usage(format!("--predictions: {e}")))
+}
