@@ -212,7 +212,7 @@ fn open_folder(root: &Path, split: Split) -> Result<SplitData> {
             .map(|n| n.to_string_lossy().into_owned())
             .collect()
     };
-    let mut samples = Vec::new();
+    let mut labeled = Vec::with_capacity(folders.len());
     for folder in &folders {
         let name = folder
             .file_name()
@@ -224,6 +224,12 @@ fn open_folder(root: &Path, split: Split) -> Result<SplitData> {
                 format!("class folder `{name}` is not in {}", classes_txt.display()),
             )
         })?;
+        labeled.push((label, folder));
+    }
+    // Dataset order: by class index, then by file name (torchvision's ImageFolder order).
+    labeled.sort();
+    let mut samples = Vec::new();
+    for (label, folder) in labeled {
         for p in read_dir_sorted(folder)?.into_iter().filter(|p| is_image(p)) {
             samples.push(Sample {
                 name: rel(&p),

@@ -33,10 +33,21 @@ enum Value {
     Mark,
 }
 
-const ALLOWED_GLOBALS: [&str; 3] = [
+/// Globals are only ever names here, never called: storage types beyond int64 are admitted so
+/// that a float label file gets a precise "must be int64" error.
+const ALLOWED_GLOBALS: [&str; 12] = [
     "torch._utils._rebuild_tensor_v2",
-    "torch.LongStorage",
     "collections.OrderedDict",
+    "torch.LongStorage",
+    "torch.IntStorage",
+    "torch.ShortStorage",
+    "torch.CharStorage",
+    "torch.ByteStorage",
+    "torch.BoolStorage",
+    "torch.FloatStorage",
+    "torch.DoubleStorage",
+    "torch.HalfStorage",
+    "torch.BFloat16Storage",
 ];
 /// Bounds that a label file never comes near; they stop hostile inputs early.
 const MAX_MEMO: usize = 1 << 16;

@@ -119,7 +119,8 @@ pub fn resize_shorter(img: &RgbImage, size: u32) -> RgbImage {
     resize_bilinear(img, nw, nh)
 }
 
-/// torchvision `CenterCrop`: offsets `int(round((side - crop) / 2))`. Images smaller than the crop
+/// torchvision `CenterCrop`: offsets `int(round((side - crop) / 2))` with Python's round-half-even
+/// (a 97-wide image is cropped from x = 0, not 1). Images smaller than the crop
 /// are zero-padded first, as torchvision does.
 pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
     let (w, h) = img.dimensions();
@@ -133,8 +134,8 @@ pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
         img.clone()
     };
     let (w, h) = img.dimensions();
-    let left = ((w - crop) as f64 / 2.0).round() as u32;
-    let top = ((h - crop) as f64 / 2.0).round() as u32;
+    let left = ((w - crop) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((h - crop) as f64 / 2.0).round_ties_even() as u32;
     image::imageops::crop_imm(&img, left, top, crop, crop).to_image()
 }
 

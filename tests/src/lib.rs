@@ -2,5 +2,6 @@
 //! references, and comparing tensors with tolerances.
 
 pub mod compare;
+pub mod fixtures;
 pub mod parity;
 pub mod python;
