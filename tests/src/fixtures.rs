@@ -28,7 +28,7 @@ pub fn synthetic_image(seed: u32, w: u32, h: u32) -> RgbImage {
         } else {
             0.0
         };
-        let stripes = if ((x + seed * 3) / (3 + seed % 4)) % 2 == 0 {
+        let stripes = if ((x + seed * 3) / (3 + seed % 4)).is_multiple_of(2) {
             40.0
         } else {
             0.0
