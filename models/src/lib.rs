@@ -10,6 +10,7 @@ pub mod error;
 pub mod heads;
 pub mod layers;
 pub mod preprocess;
+pub mod random_weights;
 pub mod resnet;
 pub mod weights;
 
