@@ -63,7 +63,7 @@ impl OrtBackend {
         let env = environment()?;
         let mut builder = Session::builder(env)
             .map_err(rt("ONNX Runtime session"))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(rt("optimization level"))?
             .with_intra_threads(threads.max(1))
             .map_err(rt("--threads"))?;

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Benchmarks of docs/benchmarks.md, each side by side with its Python baseline in the same run.
+#
+#   scripts/bench.sh infer   moco-infer (ort, tract) vs PIL + onnxruntime in Python, batch 1 and 64
+#   scripts/bench.sh export  moco-export's file vs torch.onnx.export's, same weights, ort and tract;
+#                            BN folded vs --no-fold
+#
+# DATA (default ../shared/data/imagenette96), THREADS (2), LIMIT (images per run; 0 = all).
+# REPS (3): interleaved repetitions; the table shows medians.
+# Writes a markdown table to stdout and the raw JSON lines to runs/bench/*.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. scripts/env.sh
+DATA="${DATA:-../shared/data/imagenette96}"
+THREADS="${THREADS:-2}"
+LIMIT="${LIMIT:-0}"
+out=runs/bench; mkdir -p "$out"
+[ -d "$DATA/val" ] || { echo "bench: $DATA/val not found (set DATA=...)" >&2; exit 1; }
+cargo build --release -q -p moco-exporter -p moco-infer
+py=.venv/bin/python3
+
+weights() { # arch dir: torchvision-initialised weights with calibrated BN statistics
+  mkdir -p "$2"; [ -f "$2/encoder.safetensors" ] || $py tests/python/torchvision_parity.py --arch "$1" --out "$2" >&2
+}
+infer() { # model backend batch
+  target/release/moco-infer --model "$1" --data "$DATA" --split val --backend "$2" --batch-size "$3" \
+    --threads "$THREADS" --limit "$LIMIT" --quiet --json 2>/dev/null | tail -1
+}
+pyinfer() { # model batch
+  $py tests/python/bench_infer.py --model "$1" --data "$DATA" --split val --batch-size "$2" \
+    --threads "$THREADS" --limit "$LIMIT"
+}
+field() { $py -c "import json,sys; print('%.1f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+ratio() { $py -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
+
+REPS="${REPS:-3}"
+table() { # jsonl file: medians of images_per_sec per (tag) → markdown, ratios against the baseline
+  $py - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda tag, key: statistics.median(r[key] for r in rows if r["tag"] == tag)
+print("| batch | Python PIL+ORT | moco-infer ort | ort / Python | moco-infer tract | tract / ort | inference only: Python / ort / tract |")
+print("|---|---|---|---|---|---|---|")
+for b in sorted({r["batch_size"] for r in rows}):
+    p, o, t = (med(f"{k}{b}", "images_per_sec") for k in ("py", "ort", "tract"))
+    pi, oi, ti = (med(f"{k}{b}", "inference_images_per_sec") for k in ("py", "ort", "tract"))
+    print(f"| {b} | {p:.1f} | {o:.1f} | **{o/p:.2f}×** | {t:.1f} | **{t/o:.2f}×** | {pi:.1f} / {oi:.1f} / {ti:.1f} |")
+PY
+}
+
+case "${1:-}" in
+infer)
+  weights resnet18 "$out/w18"
+  target/release/moco-export --encoder "$out/w18/encoder.safetensors" --classifier "$out/w18/classifier.safetensors" --out "$out/r18.onnx" 2>/dev/null
+  : > "$out/infer.jsonl"
+  for rep in $(seq "$REPS"); do
+    for b in 1 64; do   # interleaved, so drifts of the machine hit every side alike
+      tag() { $py -c "import json,sys; d=json.loads(sys.argv[1]); d['tag']=sys.argv[2]; print(json.dumps(d))" "$1" "$2"; }
+      tag "$(pyinfer "$out/r18.onnx" $b)" "py$b" >> "$out/infer.jsonl"
+      tag "$(infer "$out/r18.onnx" ort $b)" "ort$b" >> "$out/infer.jsonl"
+      tag "$(infer "$out/r18.onnx" tract $b)" "tract$b" >> "$out/infer.jsonl"
+    done
+  done
+  table "$out/infer.jsonl" ;;
+export)
+  : > "$out/export.jsonl"
+  for arch in resnet18 resnet50; do
+    w="$out/w-$arch"; weights $arch "$w"
+    target/release/moco-export --encoder "$w/encoder.safetensors" --classifier "$w/classifier.safetensors" --out "$out/$arch.ours.onnx" 2>/dev/null
+    target/release/moco-export --encoder "$w/encoder.safetensors" --classifier "$w/classifier.safetensors" --out "$out/$arch.nofold.onnx" --no-fold 2>/dev/null
+    $py tests/python/torch_export.py --encoder "$w/encoder.safetensors" --classifier "$w/classifier.safetensors" --like "$out/$arch.ours.onnx" --out "$out/$arch.torch.onnx" 2>/dev/null
+  done
+  for rep in $(seq "$REPS"); do
+    for arch in resnet18 resnet50; do
+      for kind in ours nofold torch; do
+        f="$out/$arch.$kind.onnx"
+        for be in ort tract; do
+          $py -c "import json,os,sys; d=json.loads(sys.argv[1]); d.update(arch=sys.argv[2], kind=sys.argv[3], bytes=os.path.getsize(sys.argv[4])); print(json.dumps(d))" \
+            "$(infer "$f" $be 64)" $arch $kind "$f" >> "$out/export.jsonl"
+        done
+      done
+    done
+  done
+  $py - "$out/export.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(arch, kind, be):
+    return statistics.median(r["inference_images_per_sec"] for r in rows
+                             if (r["arch"], r["kind"], r["backend"]) == (arch, kind, be))
+size = {(r["arch"], r["kind"]): r["bytes"] for r in rows}
+print("| arch | file | bytes | vs torch size | ort img/s | ort vs torch | tract img/s | tract vs torch |")
+print("|---|---|---|---|---|---|---|---|")
+for arch in ("resnet18", "resnet50"):
+    for kind, label in (("ours", "moco-export (BN folded)"), ("nofold", "moco-export --no-fold"), ("torch", "torch.onnx.export")):
+        o, t = med(arch, kind, "ort"), med(arch, kind, "tract")
+        to, tt = med(arch, "torch", "ort"), med(arch, "torch", "tract")
+        b, tb = size[(arch, kind)], size[(arch, "torch")]
+        print(f"| {arch} | {label} | {b:,} | {b/tb:.4f} | {o:.1f} | **{o/to:.2f}×** | {t:.1f} | **{t/tt:.2f}×** |")
+PY
+  ;;
+*) echo "usage: scripts/bench.sh infer|export" >&2; exit 2 ;;
+esac
