@@ -51,6 +51,19 @@ pub struct LoadOptions<'a> {
     pub config: Option<&'a Path>,
 }
 
+impl<'a> LoadOptions<'a> {
+    /// Encoder (+ classifier); arch detected, class names and config from their defaults.
+    pub fn new(encoder: &'a Path, classifier: Option<&'a Path>) -> Self {
+        LoadOptions {
+            encoder,
+            classifier,
+            arch: None,
+            classes: None,
+            config: None,
+        }
+    }
+}
+
 impl Checkpoint {
     pub fn load(o: &LoadOptions) -> Result<Self, ExportError> {
         let encoder = TensorMap::load(o.encoder)?;

@@ -51,6 +51,16 @@ pub struct ExportOptions {
     pub with_features: bool,
 }
 
+impl Default for ExportOptions {
+    /// What `moco-export` does without flags: BN folded, logits only.
+    fn default() -> Self {
+        ExportOptions {
+            fold: true,
+            with_features: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportSummary {
     pub out: String,

@@ -53,19 +53,9 @@ fn fixture() -> Fixture {
     random_backbone(&desc, 1).save(&enc).unwrap();
     random_classifier(&head, 1).save(&cls).unwrap();
     let model = dir.path().join("model.onnx");
-    let load = LoadOptions {
-        encoder: &enc,
-        classifier: Some(&cls),
-        arch: None,
-        classes: None,
-        config: None,
-    };
     export(
-        &load,
-        ExportOptions {
-            fold: true,
-            with_features: false,
-        },
+        &LoadOptions::new(&enc, Some(&cls)),
+        ExportOptions::default(),
         &model,
     )
     .unwrap();
@@ -313,19 +303,9 @@ fn bad_inputs_fail_with_one_line_naming_the_culprit() {
     let enc = dir.join("enc_only.safetensors");
     random_backbone(&desc, 2).save(&enc).unwrap();
     let feat = dir.join("features.onnx");
-    let load = LoadOptions {
-        encoder: &enc,
-        classifier: None,
-        arch: None,
-        classes: None,
-        config: None,
-    };
     export(
-        &load,
-        ExportOptions {
-            fold: true,
-            with_features: false,
-        },
+        &LoadOptions::new(&enc, None),
+        ExportOptions::default(),
         &feat,
     )
     .unwrap();

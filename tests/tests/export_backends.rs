@@ -144,21 +144,10 @@ fn bad_checkpoints_are_refused_without_leaving_a_file() {
     let out = d.join("m.onnx");
     let try_export = |enc: &Path, cls: Option<&Path>, arch: Option<Arch>| {
         let load = LoadOptions {
-            encoder: enc,
-            classifier: cls,
             arch,
-            classes: None,
-            config: None,
+            ..LoadOptions::new(enc, cls)
         };
-        export(
-            &load,
-            ExportOptions {
-                fold: true,
-                with_features: false,
-            },
-            &out,
-        )
-        .map(|_| ())
+        export(&load, ExportOptions::default(), &out).map(|_| ())
     };
     let map = TensorMap::load(&enc).unwrap();
     let mutate = |name: &str, f: &dyn Fn(&mut TensorMap)| {
