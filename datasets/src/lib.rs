@@ -6,6 +6,7 @@ pub mod decode;
 pub mod error;
 pub mod layout;
 pub mod pt_labels;
+pub mod synth;
 pub mod transform;
 
 pub use error::{DataError, Result};
