@@ -154,10 +154,10 @@ pub fn write_dataset(out: &Path, cfg: &SynthConfig, progress: bool) -> Result<Sy
     };
     for (split, per) in [("train", cfg.train_per_class), ("val", cfg.val_per_class)] {
         let sid = if split == "train" { 1 } else { 2 };
-        for k in 0..cfg.classes {
+        for (k, shape) in SHAPES.iter().enumerate().take(cfg.classes) {
             for i in 0..per {
                 jobs.push((
-                    PathBuf::from(format!("{split}/{}/{i:05}.png", SHAPES[k])),
+                    PathBuf::from(format!("{split}/{shape}/{i:05}.png")),
                     k,
                     mix(sid, k, i),
                 ));
@@ -280,7 +280,7 @@ mod tests {
     #[test]
     fn shapes_are_visible_and_positions_vary() {
         // Every class draws a foreground that covers a sensible fraction of the image.
-        for k in 0..SHAPES.len() {
+        for (k, shape) in SHAPES.iter().enumerate() {
             for seed in 0..5 {
                 let img = render(k, seed * 31 + k as u64);
                 let bg = *img.get_pixel(0, 0);
@@ -295,11 +295,7 @@ mod tests {
                     })
                     .count();
                 let frac = differ as f64 / (SIZE * SIZE) as f64;
-                assert!(
-                    (0.02..0.9).contains(&frac),
-                    "{} seed {seed}: {frac}",
-                    SHAPES[k]
-                );
+                assert!((0.02..0.9).contains(&frac), "{shape} seed {seed}: {frac}");
             }
         }
     }
