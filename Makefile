@@ -9,8 +9,10 @@ CARGO_TEST_FLAGS ?=
 setup:
 	@bash scripts/setup.sh
 
+# Per package: one workspace-wide build would unify features and link libtorch into moco-infer.
 build: setup
-	$(ENV) cargo build --release --workspace
+	$(ENV) cargo build --release -p moco-trainer -p moco-tests
+	$(ENV) cargo build --release -p moco-exporter -p moco-infer
 
 demo: build
 	$(ENV) bash scripts/demo.sh
