@@ -152,9 +152,6 @@ pub fn export(
     out: &Path,
 ) -> Result<ExportSummary, ExportError> {
     let ck = Checkpoint::load(load)?;
-    if opts.with_features && ck.classifier.is_none() {
-        // Not an error: an encoder-only export outputs features anyway.
-    }
     let source = serde_json::json!({
         "encoder": load.encoder.display().to_string(),
         "classifier": load.classifier.map(|p| p.display().to_string()),
