@@ -106,32 +106,35 @@ pub fn resize_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 
 /// torchvision `Resize(size)` with an int: the shorter side becomes `size`, the longer
 /// `int(size * long / short)`.
-pub fn resize_shorter(img: &RgbImage, size: u32) -> RgbImage {
+pub fn resize_shorter(img: RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     if w.min(h) == size {
-        return img.clone();
+        return img;
     }
     let (nw, nh) = if w <= h {
         (size, (size as u64 * h as u64 / w as u64) as u32)
     } else {
         ((size as u64 * w as u64 / h as u64) as u32, size)
     };
-    resize_bilinear(img, nw, nh)
+    resize_bilinear(&img, nw, nh)
 }
 
 /// torchvision `CenterCrop`: offsets `int(round((side - crop) / 2))` with Python's round-half-even
 /// (a 97-wide image is cropped from x = 0, not 1). Images smaller than the crop
 /// are zero-padded first, as torchvision does.
-pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
+pub fn center_crop(img: RgbImage, crop: u32) -> RgbImage {
     let (w, h) = img.dimensions();
+    if (w, h) == (crop, crop) {
+        return img; // the common 96×96 case: no copy
+    }
     let pad_w = crop.saturating_sub(w);
     let pad_h = crop.saturating_sub(h);
     let img = if pad_w > 0 || pad_h > 0 {
         let mut padded = RgbImage::new(w + pad_w, h + pad_h);
-        image::imageops::replace(&mut padded, img, (pad_w / 2) as i64, (pad_h / 2) as i64);
+        image::imageops::replace(&mut padded, &img, (pad_w / 2) as i64, (pad_h / 2) as i64);
         padded
     } else {
-        img.clone()
+        img
     };
     let (w, h) = img.dimensions();
     let left = ((w - crop) as f64 / 2.0).round_ties_even() as u32;
@@ -140,8 +143,8 @@ pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
 }
 
 /// Resize + center crop, still 8-bit.
-pub fn eval_crop(img: &RgbImage, p: &Preprocess) -> RgbImage {
-    center_crop(&resize_shorter(img, p.resize), p.crop)
+pub fn eval_crop(img: RgbImage, p: &Preprocess) -> RgbImage {
+    center_crop(resize_shorter(img, p.resize), p.crop)
 }
 
 /// `ToTensor` on an 8-bit RGB image: CHW f32 in [0,1], appended to `out`.
@@ -159,7 +162,7 @@ pub fn to_chw_f32(img: &RgbImage, out: &mut Vec<f32>) {
 }
 
 /// The full eval transform (normalisation excluded: it lives inside the ONNX graph).
-pub fn eval_tensor(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
+pub fn eval_tensor(img: RgbImage, p: &Preprocess) -> Vec<f32> {
     let mut out = Vec::with_capacity((3 * p.crop * p.crop) as usize);
     to_chw_f32(&eval_crop(img, p), &mut out);
     out

@@ -63,7 +63,7 @@ pub fn preprocess_sample(
     p: &Preprocess,
 ) -> Result<Vec<f32>, InferError> {
     let img = decode::load(&data.samples[i].source)?;
-    Ok(transform::eval_tensor(&img, p))
+    Ok(transform::eval_tensor(img, p))
 }
 
 /// Runs the split through `workers` backends (one per inference thread): each pulls the next

@@ -79,7 +79,7 @@ pub fn eval_batch(paths: &[PathBuf], p: &Preprocess) -> Result<Vec<f32>> {
     let mut out = Vec::new();
     for path in paths {
         let img = datasets::decode::decode_file(path)?;
-        out.extend(datasets::transform::eval_tensor(&img, p));
+        out.extend(datasets::transform::eval_tensor(img, p));
     }
     Ok(out)
 }
