@@ -1,13 +1,72 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Until pretraining and linear evaluation land, it runs
-# what exists: the embedded dataset is generated (moco-train synth), and the ResNet-18 of the
-# models crate is held against torchvision on random weights, with planted bugs it must catch.
+# The main job: synth → pretrain → linear → export → moco-infer (ort and tract), ending with an
+# accuracy table (random-init floor vs pretrained, ort vs tract) and the figures.
+#
+#   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
+#   OUT=DIR       where everything goes (runs/demo)
+#   STEPS=N       pretraining steps (230: about 5 minutes on 2 CPU cores)
+#   BATCH, QUEUE, LR, ARCH, THREADS, DEVICE, LINEAR_EPOCHS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/demo}"
+STEPS="${STEPS:-230}"; BATCH="${BATCH:-64}"; QUEUE="${QUEUE:-1024}"; LR="${LR:-0.3}"
+ARCH="${ARCH:-resnet18}"; THREADS="${THREADS:-2}"; DEVICE="${DEVICE:-auto}"
+LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"
+train=target/release/moco-train
+infer=target/release/moco-infer
 mkdir -p "$out"
-if [ ! -d "$out/data" ]; then
-  target/release/moco-train synth --out "$out/data"
+export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"
+t0=$(date +%s)
+say() { echo "demo [$(( $(date +%s) - t0 )) s]: $*" >&2; }
+last() { tail -1; }
+get() { python3 -c "import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print('%.1f' % (100*v) if isinstance(v,float) else v)" "$1" "$2"; }
+
+if [ -z "${DATA:-}" ]; then
+  DATA="$out/data"
+  [ -d "$DATA" ] || $train synth --out "$DATA"
 fi
-echo "demo: ResNet-18 (models crate, tch lowering) vs torchvision on random weights" >&2
-target/release/moco-parity --arch resnet18 --ref "$out/parity-resnet18" --generate --mutants
+say "data: $DATA"
+$train preview-augment --data "$DATA" --out "$out/augment.png" --n 8 --json >/dev/null
+common=(--data "$DATA" --threads "$THREADS" --device "$DEVICE" --json)
+
+say "random-init floor (kNN and linear on frozen random features)"
+knn_floor=$($train knn --random-init --arch "$ARCH" "${common[@]}" | last)
+lin_floor=$($train linear --random-init --arch "$ARCH" --out "$out/linear-random" --fast \
+  --epochs "$LINEAR_EPOCHS" --quiet "${common[@]}" | last)
+
+say "pretraining: $ARCH, $STEPS steps of batch $BATCH (progress: $out/pretrain/metrics.jsonl)"
+pre=$($train pretrain --out "$out/pretrain" --arch "$ARCH" --steps "$STEPS" --batch-size "$BATCH" \
+  --queue-size "$QUEUE" --lr "$LR" --bn-splits 4 --knn-every 1 --checkpoint-every 100 --resume \
+  "${common[@]}" | last)
+knn_pre=$($train knn --encoder "$out/pretrain/encoder.safetensors" "${common[@]}" | last)
+
+say "linear evaluation of the pretrained encoder"
+lin_pre=$($train linear --encoder "$out/pretrain/encoder.safetensors" --out "$out/linear" --fast \
+  --epochs "$LINEAR_EPOCHS" --quiet "${common[@]}" | last)
+$train plot "$out/pretrain" --out "$out/curves.png" --floor "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['top1'])" "$knn_floor")" >/dev/null
+
+say "export to ONNX and evaluate with moco-infer"
+cp "$out/pretrain/config.json" "$out/linear/pretrain-config.json"
+$train export --encoder "$out/pretrain/encoder.safetensors" --classifier "$out/linear/classifier.safetensors" \
+  --out "$out/model.onnx" >/dev/null
+ort=$($infer --model "$out/model.onnx" --data "$DATA" --split val --backend ort --threads "$THREADS" \
+  --predictions "$out/predictions-ort.csv" --quiet --json | last)
+tract=$($infer --model "$out/model.onnx" --data "$DATA" --split val --backend tract --threads "$THREADS" \
+  --predictions "$out/predictions-tract.csv" --quiet --json | last)
+same() { cmp -s "$1" "$2" && echo "identical" || echo "DIFFERENT"; }
+
+cat <<TABLE
+
+| encoder | kNN top-1 (k=200) | linear top-1 | linear top-5 |
+|---|---|---|---|
+| random init (floor) | $(get "$knn_floor" top1) % | $(get "$lin_floor" top1) % | $(get "$lin_floor" top5) % |
+| MoCo v2, $STEPS steps | $(get "$knn_pre" top1) % | $(get "$lin_pre" top1) % | $(get "$lin_pre" top5) % |
+
+| ONNX model on val | top-1 | top-5 | images/s | predictions vs moco-train linear |
+|---|---|---|---|---|
+| moco-infer ort | $(get "$ort" top1) % | $(get "$ort" top5) % | $(get "$ort" images_per_sec | cut -d. -f1) | $(same "$out/predictions-ort.csv" "$out/linear/val_predictions.csv") |
+| moco-infer tract | $(get "$tract" top1) % | $(get "$tract" top5) % | $(get "$tract" images_per_sec | cut -d. -f1) | $(same "$out/predictions-tract.csv" "$out/linear/val_predictions.csv") |
+
+Figures: $out/curves.png (loss, lr, kNN vs the floor), $out/augment.png (originals and two views).
+Model: $out/model.onnx. Total: $(( $(date +%s) - t0 )) s.
+TABLE

@@ -2,6 +2,7 @@
 //! numbered PNGs with `torch.save` label tensors, STL-10 binaries), image decoding, and the eval
 //! transform shared by the trainer and `moco-infer`.
 
+pub mod csv;
 pub mod decode;
 pub mod error;
 pub mod layout;

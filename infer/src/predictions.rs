@@ -9,25 +9,16 @@ use datasets::SplitData;
 use crate::pipeline::Prediction;
 use crate::InferError;
 
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 pub fn render(data: &SplitData, preds: &[Prediction]) -> String {
     let mut by_index: Vec<Option<&Prediction>> = vec![None; data.samples.len()];
     for p in preds {
         by_index[p.index] = Some(p);
     }
-    let mut out = String::from("image,prediction,label\n");
+    let mut out = String::from(datasets::csv::HEADER);
     for (sample, p) in data.samples.iter().zip(by_index) {
         let Some(p) = p else { continue }; // skipped as undecodable (--skip-bad)
-        let label = sample.label.map(|l| l.to_string()).unwrap_or_default();
-        let pred = p.top.first().map(|c| c.to_string()).unwrap_or_default();
-        out.push_str(&format!("{},{pred},{label}\n", field(&sample.name)));
+        let Some(&pred) = p.top.first() else { continue };
+        out.push_str(&datasets::csv::row(&sample.name, pred, sample.label));
     }
     out
 }

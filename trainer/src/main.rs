@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
+use trainer::{bench, knn, linear, plot, pretrain, preview};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,19 +67,66 @@ impl SynthArgs {
     }
 }
 
+#[derive(Args, Debug)]
+struct PlotArgs {
+    /// Run directory (reads RUN/metrics.jsonl).
+    run: PathBuf,
+    /// Output PNG (default RUN/curves.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A random-init kNN accuracy (fraction) to draw as the floor.
+    #[arg(long)]
+    floor: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// MoCo v2 self-supervised pretraining.
+    Pretrain(pretrain::PretrainArgs),
+    /// Linear evaluation of a frozen backbone (or fine-tuning with --finetune).
+    Linear(linear::LinearArgs),
+    /// Weighted kNN accuracy of a frozen backbone (k=200, T=0.1 by default).
+    Knn(knn::KnnArgs),
+    /// Originals beside two augmented views (aug+), as a PNG grid.
+    PreviewAugment(preview::PreviewArgs),
+    /// Loss, lr and kNN curves of a run as a PNG.
+    Plot(PlotArgs),
     /// Write the embedded default dataset: deterministic 96×96 shape classes (folder layout).
     Synth(SynthArgs),
     /// Encoder + classifier → one ONNX file (the same as `moco-export`).
     Export(ExportArgs),
+    /// Two-view images/s of the training data path (decoded store + aug+), for benchmarks.
+    #[command(hide = true)]
+    BenchData(bench::BenchDataArgs),
     /// libtorch's build facts: version, CUDA devices, threads (for checking a machine).
     #[command(hide = true)]
     Info,
 }
 
+/// SPEC: with `--json` the last line of stdout is the command's result.
+fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()> {
+    let v = r?;
+    if json {
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Pretrain(a) => report(pretrain::run(&a), a.json),
+        Command::Linear(a) => report(linear::run(&a), a.json),
+        Command::BenchData(a) => report(bench::run(&a), a.json),
+        Command::Knn(a) => report(knn::run(&a), a.json),
+        Command::PreviewAugment(a) => report(preview::run(&a), a.json),
+        Command::Plot(a) => {
+            let out = a.out.clone().unwrap_or_else(|| a.run.join("curves.png"));
+            let r = plot::curves_with_floor(&a.run.join("metrics.jsonl"), &out, a.floor)
+                .map(|_| serde_json::json!({"out": out.display().to_string()}));
+            report(r, a.json)
+        }
         Command::Synth(args) => args.run(),
         Command::Export(args) => args.run_and_report().map_err(anyhow::Error::from),
         Command::Info => {

@@ -93,10 +93,18 @@ impl BatchNorm {
         tch::no_grad(|| {
             self.running_mean
                 .shallow_clone()
-                .copy_(&mean_split.view([s, c]).mean_dim(0, false, Kind::Float));
+                .copy_(
+                    &mean_split
+                        .view([s, c])
+                        .mean_dim(0, false, self.running_mean.kind()),
+                );
             self.running_var
                 .shallow_clone()
-                .copy_(&var_split.view([s, c]).mean_dim(0, false, Kind::Float));
+                .copy_(
+                    &var_split
+                        .view([s, c])
+                        .mean_dim(0, false, self.running_mean.kind()),
+                );
         });
         y
     }

@@ -1,0 +1,196 @@
+//! The random half of the augmentations: torchvision's parameter draws, reproduced on the host
+//! from a seeded stream. The tensor half (`ops`) applies them to a whole batch on the device.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// A crop box in source pixels: rows `top..top+height`, columns `left..left+width`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CropBox {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+/// Python's `round()`: halves go to the even neighbour.
+fn py_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// `torchvision.transforms.RandomResizedCrop.get_params`: ten tries at an area fraction drawn
+/// uniformly from `scale` and a log-uniform aspect ratio, then the central fallback.
+pub fn resized_crop_box(
+    rng: &mut impl Rng,
+    height: u32,
+    width: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> CropBox {
+    let area = (height * width) as f64;
+    let (lo, hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(lo..=hi).exp();
+        let w = py_round((target * aspect).sqrt());
+        let h = py_round((target / aspect).sqrt());
+        if 0 < w && w <= width as i64 && 0 < h && h <= height as i64 {
+            let (h, w) = (h as u32, w as u32);
+            let top = rng.random_range(0..=height - h);
+            let left = rng.random_range(0..=width - w);
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0 {
+        (width, py_round(width as f64 / ratio.0) as u32)
+    } else if in_ratio > ratio.1 {
+        (py_round(height as f64 * ratio.1) as u32, height)
+    } else {
+        (width, height)
+    };
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
+}
+
+/// One ColorJitter draw: the order of the four adjustments and their factors
+/// (`ColorJitter.get_params`). Factors of 1 (and hue 0) are identities.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Jitter {
+    /// 0 brightness, 1 contrast, 2 saturation, 3 hue — torchvision's `fn_idx`.
+    pub order: [u8; 4],
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    pub hue: f32,
+}
+
+/// Strength of each augmentation; `mocov2()` is the seed's aug+, `linear()` the linear-eval train
+/// transform (RandomResizedCrop with torchvision's default scale, and flip).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AugConfig {
+    pub size: u32,
+    pub scale: (f64, f64),
+    pub ratio: (f64, f64),
+    pub jitter_p: f64,
+    /// ColorJitter(brightness, contrast, saturation, hue).
+    pub jitter: (f64, f64, f64, f64),
+    pub grayscale_p: f64,
+    pub blur_p: f64,
+    pub blur_sigma: (f64, f64),
+    pub flip_p: f64,
+}
+
+impl AugConfig {
+    pub fn mocov2(size: u32) -> Self {
+        AugConfig {
+            size,
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            jitter_p: 0.8,
+            jitter: (0.4, 0.4, 0.4, 0.1),
+            grayscale_p: 0.2,
+            blur_p: 0.5,
+            blur_sigma: (0.1, 2.0),
+            flip_p: 0.5,
+        }
+    }
+
+    pub fn linear(size: u32) -> Self {
+        AugConfig {
+            scale: (0.08, 1.0),
+            jitter_p: 0.0,
+            grayscale_p: 0.0,
+            blur_p: 0.0,
+            ..Self::mocov2(size)
+        }
+    }
+}
+
+/// Everything random about one augmented view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewParams {
+    pub crop: CropBox,
+    pub flip: bool,
+    pub jitter: Option<Jitter>,
+    pub grayscale: bool,
+    pub blur_sigma: Option<f32>,
+}
+
+/// A factor range `[max(0, 1-s), 1+s]` as torchvision's `_check_input` builds it.
+fn factor(rng: &mut impl Rng, s: f64) -> f32 {
+    if s == 0.0 {
+        return 1.0;
+    }
+    rng.random_range((1.0 - s).max(0.0)..=1.0 + s) as f32
+}
+
+/// Draws in the order torchvision's `Compose` would: crop, jitter, grayscale, blur, flip.
+pub fn draw_view(rng: &mut impl Rng, cfg: &AugConfig, height: u32, width: u32) -> ViewParams {
+    let crop = resized_crop_box(rng, height, width, cfg.scale, cfg.ratio);
+    let jitter = (rng.random::<f64>() < cfg.jitter_p).then(|| {
+        let mut order = [0u8, 1, 2, 3];
+        for i in (1..4).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let (b, c, s, h) = cfg.jitter;
+        Jitter {
+            order,
+            brightness: factor(rng, b),
+            contrast: factor(rng, c),
+            saturation: factor(rng, s),
+            hue: if h == 0.0 {
+                0.0
+            } else {
+                rng.random_range(-h..=h) as f32
+            },
+        }
+    });
+    let grayscale = rng.random::<f64>() < cfg.grayscale_p;
+    let blur_sigma = (rng.random::<f64>() < cfg.blur_p)
+        .then(|| rng.random_range(cfg.blur_sigma.0..=cfg.blur_sigma.1) as f32);
+    let flip = rng.random::<f64>() < cfg.flip_p;
+    ViewParams {
+        crop,
+        flip,
+        jitter,
+        grayscale,
+        blur_sigma,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{stream, Purpose};
+
+    #[test]
+    fn crops_stay_inside_and_cover_the_scale_range() {
+        let mut rng = stream(0, Purpose::Augment, 0);
+        let cfg = AugConfig::mocov2(96);
+        let mut min_area = f64::MAX;
+        for _ in 0..5000 {
+            let b = resized_crop_box(&mut rng, 96, 96, cfg.scale, cfg.ratio);
+            assert!(b.top + b.height <= 96 && b.left + b.width <= 96);
+            min_area = min_area.min((b.height * b.width) as f64 / 9216.0);
+        }
+        assert!((0.19..0.22).contains(&min_area), "{min_area}");
+    }
+
+    #[test]
+    fn fallback_is_central() {
+        // An impossible scale forces the fallback: torchvision's central crop clamped to ratio.
+        let mut rng = stream(0, Purpose::Augment, 0);
+        let b = resized_crop_box(&mut rng, 50, 200, (5.0, 5.0), (0.75, 4.0 / 3.0));
+        assert_eq!((b.height, b.width, b.top, b.left), (50, 67, 0, 66));
+    }
+}

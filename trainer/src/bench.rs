@@ -1,0 +1,95 @@
+//! `moco-train bench-data`: two-view images/s of the training data path — batch gather from the
+//! decoded store plus aug+ on both views — as `scripts/bench.sh data` compares with torchvision.
+//! A bench command, not a timed test: it reports, it never asserts.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use datasets::layout::{Format, Split};
+use models::tch_lowering::parse_device;
+use models::Preprocess;
+use serde_json::{json, Value};
+use tch::Device;
+
+use crate::augment::{AugConfig, Augmenter};
+use crate::data;
+use crate::rng::{permutation, stream, Purpose};
+
+#[derive(Args, Debug)]
+pub struct BenchDataArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "unlabeled,train")]
+    pub splits: String,
+    #[arg(long)]
+    pub format: Option<Format>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Timed batches (after one warm-up batch).
+    #[arg(long, default_value_t = 20)]
+    pub batches: usize,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &BenchDataArgs) -> Result<Value> {
+    crate::pretrain::set_threads(a.threads);
+    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
+    let splits: Vec<Split> = data::parse_splits(&a.splits).map_err(anyhow::Error::msg)?;
+    let t_open = Instant::now();
+    let bank = data::ImageBank::new(data::open_splits(
+        &a.data, &splits, a.format, 96, &cache, !a.json,
+    )?);
+    let open_secs = t_open.elapsed().as_secs_f64();
+    if bank.len() < a.batch_size {
+        bail!(
+            "--batch-size {} is larger than the {} images",
+            a.batch_size,
+            bank.len()
+        );
+    }
+    let aug = Augmenter::new(AugConfig::mocov2(96), &Preprocess::default(), device);
+    let order = permutation(&mut stream(0, Purpose::EpochOrder, 0), bank.len());
+    let per_epoch = bank.len() / a.batch_size;
+    let mut t0 = Instant::now();
+    for b in 0..=a.batches {
+        if b == 1 {
+            t0 = Instant::now(); // batch 0 warms up allocators and the page cache
+        }
+        let at = (b % per_epoch) * a.batch_size;
+        let idx: Vec<usize> = order[at..at + a.batch_size]
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
+        let images = bank.batch(&idx).to_device(device);
+        let mut rng = stream(0, Purpose::Augment, b as u64);
+        let p1 = aug.draw(&mut rng, a.batch_size, 96, 96);
+        let p2 = aug.draw(&mut rng, a.batch_size, 96, 96);
+        let (v1, v2) = (aug.views(&images, &p1), aug.views(&images, &p2));
+        if device != Device::Cpu {
+            let _ = (v1.sum(tch::Kind::Float) + v2.sum(tch::Kind::Float)).double_value(&[]);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let ips = (a.batches * a.batch_size) as f64 / secs;
+    eprintln!(
+        "bench-data: {ips:.1} two-view images/s ({} batches of {}, {} threads, {device:?}); \
+         store opened in {open_secs:.1} s",
+        a.batches,
+        a.batch_size,
+        tch::get_num_threads()
+    );
+    Ok(
+        json!({"two_view_images_per_sec": ips, "batch_size": a.batch_size, "batches": a.batches,
+              "threads": tch::get_num_threads(), "device": format!("{device:?}"), "open_seconds": open_secs}),
+    )
+}

@@ -1,0 +1,272 @@
+//! The decoded store: every image of a split decoded once (rayon) into one memory-mapped uint8
+//! file, reused across epochs and runs. The OS page cache holds it, so 512,000 images (14 GB)
+//! are never held twice in RAM and a second run starts at once.
+//!
+//! File: a 64-byte header (magic, stored size, count, SHA-256 of the source listing) then `n`
+//! images of `size×size×3` bytes (HWC, RGB). The listing covers each file's path, length and
+//! mtime, so a changed, added or removed image invalidates the store. Written to a temp file,
+//! then renamed: an interrupted build leaves no store behind.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use datasets::layout::{ImageSource, SplitData};
+use datasets::transform::eval_crop;
+use memmap2::{Mmap, MmapMut};
+use models::Preprocess;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+const MAGIC: &[u8; 8] = b"MOCODEC1";
+const HEADER: usize = 64;
+
+/// A split decoded to `size×size` RGB: shorter side resized to `size` (Pillow bilinear), then
+/// center-cropped — exactly the eval transform for `resize = crop = size`, and a no-op for the
+/// 96×96 images of the competition and STL-10.
+pub struct DecodedSplit {
+    pub size: u32,
+    pub n: usize,
+    pub labels: Vec<Option<usize>>,
+    pub names: Vec<String>,
+    pub classes: Vec<String>,
+    pub path: PathBuf,
+    map: Mmap,
+}
+
+/// Where stores live: `$MOCO_CACHE_DIR`, else `$XDG_CACHE_HOME/moco-rs`, else `~/.cache/moco-rs`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MOCO_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("moco-rs");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache").join("moco-rs")
+}
+
+fn fingerprint(split: &SplitData, size: u32) -> Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{:?}|{:?}|{size}|{}\n",
+        split.format,
+        split.split,
+        split.samples.len()
+    ));
+    let mut stats: HashMap<PathBuf, (u64, i128)> = HashMap::new();
+    let mut stat = |p: &Path| -> Result<(u64, i128)> {
+        if let Some(s) = stats.get(p) {
+            return Ok(*s);
+        }
+        let m = fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        Ok(*stats.entry(p.to_path_buf()).or_insert((m.len(), mtime)))
+    };
+    for s in &split.samples {
+        let (p, index) = match &s.source {
+            ImageSource::File(p) => (p.as_path(), 0),
+            ImageSource::Stl10 { file, index } => (file.as_path(), *index),
+        };
+        let (len, mtime) = stat(p)?;
+        h.update(format!("{}|{index}|{len}|{mtime}\n", p.display()));
+    }
+    Ok(h.finalize().into())
+}
+
+fn header(size: u32, n: usize, fp: &[u8; 32]) -> [u8; HEADER] {
+    let mut b = [0u8; HEADER];
+    b[..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&size.to_le_bytes());
+    b[16..24].copy_from_slice(&(n as u64).to_le_bytes());
+    b[24..56].copy_from_slice(fp);
+    b
+}
+
+impl DecodedSplit {
+    /// Opens the store for `split` under `cache_dir`, building it first when it is missing or
+    /// its sources changed.
+    pub fn open(split: &SplitData, size: u32, cache_dir: &Path, progress: bool) -> Result<Self> {
+        if split.samples.is_empty() {
+            bail!(
+                "{}: split `{}` has no images",
+                split.root.display(),
+                split.split.name()
+            );
+        }
+        let fp = fingerprint(split, size)?;
+        let root = fs::canonicalize(&split.root).unwrap_or(split.root.clone());
+        let key = Sha256::digest(format!("{}|{}|{size}", root.display(), split.split.name()));
+        let hex: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+        fs::create_dir_all(cache_dir)
+            .with_context(|| format!("--cache-dir {}: cannot create", cache_dir.display()))?;
+        let path = cache_dir.join(format!("{}-{hex}.u8", split.split.name()));
+        let want = header(size, split.samples.len(), &fp);
+        let valid = File::open(&path)
+            .ok()
+            .and_then(|f| unsafe { Mmap::map(&f) }.ok())
+            .filter(|m| {
+                m.len() == HEADER + split.samples.len() * (size * size * 3) as usize
+                    && m[..HEADER] == want
+            });
+        let map = match valid {
+            Some(m) => m,
+            None => {
+                build(split, size, &path, &want, progress)?;
+                let f = File::open(&path).with_context(|| format!("{}", path.display()))?;
+                unsafe { Mmap::map(&f) }.with_context(|| format!("{}", path.display()))?
+            }
+        };
+        Ok(DecodedSplit {
+            size,
+            n: split.samples.len(),
+            labels: split.samples.iter().map(|s| s.label).collect(),
+            names: split.samples.iter().map(|s| s.name.clone()).collect(),
+            classes: split.classes.clone(),
+            path,
+            map,
+        })
+    }
+
+    fn image_bytes(&self) -> usize {
+        (self.size * self.size * 3) as usize
+    }
+
+    /// Image `i`, HWC RGB.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let b = self.image_bytes();
+        &self.map[HEADER + i * b..HEADER + (i + 1) * b]
+    }
+
+    /// Images `idx` as a uint8 `[N,3,size,size]` tensor on the host.
+    pub fn batch(&self, idx: &[usize]) -> Tensor {
+        nchw_batch(idx.iter().map(|&i| self.image(i)), idx.len(), self.size)
+    }
+
+    pub fn is_labeled(&self) -> bool {
+        self.labels.iter().all(Option::is_some)
+    }
+}
+
+fn build(split: &SplitData, size: u32, path: &Path, header: &[u8], progress: bool) -> Result<()> {
+    let n = split.samples.len();
+    let img_bytes = (size * size * 3) as usize;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create the decoded store", tmp.display()))?;
+        f.set_len((HEADER + n * img_bytes) as u64)
+            .with_context(|| format!("{}: cannot size the decoded store", tmp.display()))?;
+        let mut map = unsafe { MmapMut::map_mut(&f) }?;
+        let bar = crate::progress::bar(
+            n as u64,
+            &format!("decoding {} ({n} images)", split.split.name()),
+            progress,
+        );
+        let pre = Preprocess {
+            resize: size,
+            crop: size,
+            ..Preprocess::default()
+        };
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        map[HEADER..]
+            .par_chunks_mut(img_bytes)
+            .zip(split.samples.par_iter())
+            .for_each(|(slot, sample)| {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                match datasets::decode::load(&sample.source) {
+                    Ok(img) => slot.copy_from_slice(eval_crop(img, &pre).as_raw()),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().unwrap().get_or_insert(e.into());
+                    }
+                }
+                bar.inc(1);
+            });
+        bar.finish_and_clear();
+        if let Some(e) = first_error.into_inner().unwrap() {
+            return Err(e);
+        }
+        map[..HEADER].copy_from_slice(header);
+        map.flush()?;
+        drop(map);
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Several decoded splits seen as one list of images (pretraining reads `unlabeled,train`).
+pub struct ImageBank {
+    pub splits: Vec<DecodedSplit>,
+    offsets: Vec<usize>,
+}
+
+impl ImageBank {
+    pub fn new(splits: Vec<DecodedSplit>) -> Self {
+        let mut offsets = vec![0];
+        for s in &splits {
+            offsets.push(offsets.last().unwrap() + s.n);
+        }
+        ImageBank { splits, offsets }
+    }
+
+    pub fn len(&self) -> usize {
+        *self.offsets.last().unwrap()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn size(&self) -> u32 {
+        self.splits[0].size
+    }
+
+    fn locate(&self, i: usize) -> (usize, usize) {
+        let s = self.offsets.partition_point(|&o| o <= i) - 1;
+        (s, i - self.offsets[s])
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let (s, j) = self.locate(i);
+        self.splits[s].image(j)
+    }
+
+    pub fn batch(&self, idx: &[usize]) -> Tensor {
+        nchw_batch(idx.iter().map(|&i| self.image(i)), idx.len(), self.size())
+    }
+}
+
+/// HWC images → one uint8 `[N,3,size,size]` tensor.
+fn nchw_batch<'a>(images: impl Iterator<Item = &'a [u8]>, n: usize, size: u32) -> Tensor {
+    let s = size as i64;
+    let mut buf = Vec::with_capacity(n * (s * s * 3) as usize);
+    for img in images {
+        buf.extend_from_slice(img);
+    }
+    Tensor::from_slice(&buf)
+        .view([n as i64, s, s, 3])
+        .permute([0, 3, 1, 2])
+        .contiguous()
+}

@@ -1,0 +1,46 @@
+//! Loading a pretrained backbone (`encoder.safetensors`, torchvision names) into tch modules, or
+//! a random-init one for the floor that pretraining must beat.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use models::tch_lowering::{load_into, ResNet};
+use models::{Arch, ResNetDesc, TensorMap};
+use tch::nn::VarStore;
+use tch::Device;
+
+pub struct Backbone {
+    pub vs: VarStore,
+    pub net: ResNet,
+    pub arch: Arch,
+}
+
+impl Backbone {
+    /// Reads `path`, detects the arch from its tensors, checks every name and shape; a MoCo head
+    /// (`fc.*`) in the file is ignored.
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let file = path.display().to_string();
+        let map = TensorMap::load(path).with_context(|| format!("--encoder {file}"))?;
+        let arch = ResNetDesc::detect_arch(&map, &file)?;
+        let desc = ResNetDesc::new(arch);
+        let vs = VarStore::new(device);
+        let net = ResNet::new(&vs.root(), &desc, 1);
+        load_into(
+            &vs.variables(),
+            &map,
+            &desc.tensors(),
+            &file,
+            "encoder",
+            |n| n.starts_with("fc."),
+        )?;
+        Ok(Backbone { vs, net, arch })
+    }
+
+    /// torchvision's initialisation drawn from `seed`.
+    pub fn random(arch: Arch, seed: u64, device: Device) -> Self {
+        tch::manual_seed(seed as i64);
+        let vs = VarStore::new(device);
+        let net = ResNet::new(&vs.root(), &ResNetDesc::new(arch), 1);
+        Backbone { vs, net, arch }
+    }
+}

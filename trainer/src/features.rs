@@ -1,0 +1,59 @@
+//! Frozen-backbone features of a decoded split under the eval transform (the stored images are
+//! already resized and center-cropped: what is left is scaling to [0,1] and normalizing).
+
+use models::tch_lowering::ResNet;
+use models::Preprocess;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::DecodedSplit;
+
+/// uint8 `[N,3,H,W]` → normalized float on `device`.
+pub fn eval_input(images: &Tensor, pre: &Preprocess, device: Device) -> Tensor {
+    let stat = |v: &[f32; 3]| Tensor::from_slice(v).to(device).view([1, 3, 1, 1]);
+    (images.to_device(device).to_kind(Kind::Float) / 255.0 - stat(&pre.mean)) / stat(&pre.std)
+}
+
+/// Pooled backbone features `[N, D]` of every image of `split`, in order, on `device`.
+pub fn extract(
+    backbone: &ResNet,
+    split: &DecodedSplit,
+    pre: &Preprocess,
+    device: Device,
+    batch: usize,
+    progress: bool,
+    what: &str,
+) -> Tensor {
+    let bar = crate::progress::bar(split.n as u64, what, progress);
+    let mut out = Vec::new();
+    tch::no_grad(|| {
+        let idx: Vec<usize> = (0..split.n).collect();
+        for chunk in idx.chunks(batch.max(1)) {
+            let x = eval_input(&split.batch(chunk), pre, device);
+            out.push(backbone.forward_t(&x, false));
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    Tensor::cat(&out, 0)
+}
+
+/// Labels of a labeled split as an int64 tensor on `device`.
+pub fn labels(split: &DecodedSplit, device: Device) -> Tensor {
+    let v: Vec<i64> = split
+        .labels
+        .iter()
+        .map(|l| l.map_or(-1, |l| l as i64))
+        .collect();
+    Tensor::from_slice(&v).to(device)
+}
+
+/// Fraction of rows whose target is the top prediction, and among the top 5.
+pub fn top1_top5(logits: &Tensor, targets: &Tensor) -> (f64, f64) {
+    let n = targets.size()[0].max(1) as f64;
+    let k = logits.size()[1].min(5);
+    let (_, top) = logits.topk(k, 1, true, true);
+    let hit = top.eq_tensor(&targets.unsqueeze(1));
+    let top1 = hit.narrow(1, 0, 1).sum(Kind::Float).double_value(&[]) / n;
+    let top5 = hit.any_dim(1, false).sum(Kind::Float).double_value(&[]) / n;
+    (top1, top5)
+}

@@ -1,0 +1,173 @@
+//! The kNN monitor of InstDisc/MoCo: cosine similarity of l2-normalized pooled features, the k
+//! nearest bank images vote with weight exp(sim/T); `moco-train knn` and the in-training monitor.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use crate::features::top1_top5;
+
+pub struct KnnResult {
+    pub top1: f64,
+    pub top5: f64,
+    /// The predicted class of every query, in order.
+    pub predictions: Vec<i64>,
+}
+
+/// Weighted kNN over `bank` (features `[B,D]`, labels `[B]`) for `queries` `[Q,D]`.
+pub fn classify(
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    queries: &Tensor,
+    query_labels: &Tensor,
+    classes: usize,
+    k: usize,
+    t: f64,
+) -> Result<KnnResult> {
+    if bank_labels.size()[0] == 0 || queries.size()[0] == 0 {
+        bail!("kNN needs a non-empty bank and query set");
+    }
+    let k = (k as i64).min(bank.size()[0]);
+    let bank = crate::moco::model::normalize(bank);
+    let queries = crate::moco::model::normalize(queries);
+    let c = classes as i64;
+    let mut scores = Vec::new();
+    tch::no_grad(|| {
+        for q in queries.split(1024, 0) {
+            let sim = q.mm(&bank.transpose(0, 1));
+            let (w, idx) = sim.topk(k, 1, true, true);
+            let labels = bank_labels
+                .index_select(0, &idx.flatten(0, -1))
+                .view([-1, k]);
+            let weights = (w / t).exp();
+            let one_hot = Tensor::zeros([q.size()[0], k, c], (Kind::Float, q.device()))
+                .scatter_value(2, &labels.unsqueeze(2), 1.0);
+            scores.push((one_hot * weights.unsqueeze(2)).sum_dim_intlist(
+                &[1i64][..],
+                false,
+                Kind::Float,
+            ));
+        }
+    });
+    let scores = Tensor::cat(&scores, 0);
+    let (top1, top5) = top1_top5(&scores, query_labels);
+    let predictions = Vec::<i64>::try_from(scores.argmax(1, false).to_device(tch::Device::Cpu))?;
+    Ok(KnnResult {
+        top1,
+        top5,
+        predictions,
+    })
+}
+
+/// `moco-train knn`.
+#[derive(clap::Args, Debug)]
+pub struct KnnArgs {
+    /// Backbone to evaluate (`RUN/encoder.safetensors`).
+    #[arg(long, required_unless_present = "random_init")]
+    pub encoder: Option<std::path::PathBuf>,
+    /// Evaluate torchvision's random initialisation instead (the floor); needs --arch.
+    #[arg(long, requires = "arch")]
+    pub random_init: bool,
+    #[arg(long)]
+    pub arch: Option<models::Arch>,
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    #[arg(long)]
+    pub format: Option<datasets::layout::Format>,
+    #[arg(long, default_value = "train")]
+    pub bank_split: datasets::layout::Split,
+    #[arg(long, default_value = "val")]
+    pub query_split: datasets::layout::Split,
+    #[arg(long, default_value_t = 200)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub t: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    #[arg(long)]
+    pub cache_dir: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
+    use crate::encoder::Backbone;
+    crate::pretrain::set_threads(a.threads);
+    let device = models::tch_lowering::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    if a.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let backbone = match (&a.encoder, a.arch) {
+        (Some(p), _) if !a.random_init => Backbone::load(p, device)?,
+        (_, Some(arch)) => Backbone::random(arch, a.seed, device),
+        _ => bail!("--random-init needs --arch"),
+    };
+    let cache = a
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::data::default_cache_dir);
+    let progress = !a.json;
+    let open = |s| {
+        crate::data::open_splits(&a.data, &[s], a.format, a.size, &cache, progress)
+            .map(|mut v| v.remove(0))
+    };
+    let (bank, query) = (open(a.bank_split)?, open(a.query_split)?);
+    for (s, flag) in [(&bank, "--bank-split"), (&query, "--query-split")] {
+        if !s.is_labeled() {
+            bail!(
+                "{flag} {}: {} has no labels; kNN needs a labeled bank and query split",
+                s.labels.len(),
+                a.data.display()
+            );
+        }
+    }
+    let pre = models::Preprocess::default();
+    let fb = crate::features::extract(
+        &backbone.net,
+        &bank,
+        &pre,
+        device,
+        a.batch_size,
+        progress,
+        "bank features",
+    );
+    let fq = crate::features::extract(
+        &backbone.net,
+        &query,
+        &pre,
+        device,
+        a.batch_size,
+        progress,
+        "query features",
+    );
+    let r = classify(
+        &fb,
+        &crate::features::labels(&bank, device),
+        &fq,
+        &crate::features::labels(&query, device),
+        bank.classes.len(),
+        a.k,
+        a.t,
+    )?;
+    eprintln!(
+        "knn: k={} T={} top-1 {:.2} % top-5 {:.2} % ({} queries, bank {})",
+        a.k,
+        a.t,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        query.n,
+        bank.n
+    );
+    Ok(serde_json::json!({
+        "top1": r.top1, "top5": r.top5, "n": query.n, "bank": bank.n, "k": a.k, "t": a.t,
+        "arch": backbone.arch.name(),
+        "encoder": a.encoder.as_ref().filter(|_| !a.random_init).map(|p| p.display().to_string()),
+    }))
+}

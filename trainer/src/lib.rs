@@ -1,0 +1,17 @@
+//! The library behind `moco-train`: data stores, batched augmentations, MoCo v2, linear
+//! evaluation, kNN, figures. The integration tests (`tests/`) drive it against PyTorch.
+
+pub mod augment;
+pub mod bench;
+pub mod data;
+pub mod encoder;
+pub mod features;
+pub mod knn;
+pub mod linear;
+pub mod metrics;
+pub mod moco;
+pub mod plot;
+pub mod pretrain;
+pub mod preview;
+pub mod progress;
+pub mod rng;

@@ -1,0 +1,185 @@
+//! Checkpoints: everything an exact resume needs in one safetensors file — both encoders with
+//! their BN buffers, SGD momentum buffers, the queue and its pointer, the step, the loss scale
+//! and the run's config — with a SHA-256 of the contents in the metadata. Written atomically
+//! (temp file, fsync, rename); a torn or corrupt file is detected on load and the previous good
+//! one is used instead. Random draws are keyed by (seed, step) (`crate::rng`), so no RNG state
+//! needs saving.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use models::tch_lowering::convert::{data_to_tensor, tensor_to_data};
+use models::TensorMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::model::Moco;
+use super::optim::{LossScaler, Sgd};
+
+const STATE_KEY: &str = "moco.state";
+const SHA_KEY: &str = "moco.sha256";
+/// How many checkpoints stay on disk: the newest, and one to fall back to.
+const KEEP: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Steps completed.
+    pub step: u64,
+    pub ptr: i64,
+    pub scaler: Option<LossScaler>,
+    /// The algorithm part of config.json: a resume with different values is refused.
+    pub config: serde_json::Value,
+}
+
+fn digest(map: &TensorMap) -> String {
+    let mut h = Sha256::new();
+    for (name, t) in &map.tensors {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
+        h.update(&t.bytes);
+    }
+    for (k, v) in map.metadata.iter().filter(|(k, _)| *k != SHA_KEY) {
+        h.update(k.as_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn file_for(run: &Path, step: u64) -> PathBuf {
+    dir(run).join(format!("step-{step:09}.safetensors"))
+}
+
+pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf> {
+    let mut map = TensorMap::new();
+    for (name, t) in moco.vs_q.variables() {
+        map.insert(format!("q/{name}"), tensor_to_data(&t));
+    }
+    for (name, t) in moco.vs_k.variables() {
+        map.insert(format!("k/{name}"), tensor_to_data(&t));
+    }
+    for ((name, _), buf) in opt.params.iter().zip(&opt.buffers) {
+        if let Some(b) = buf {
+            map.insert(format!("opt/{name}"), tensor_to_data(b));
+        }
+    }
+    map.insert("queue", tensor_to_data(&moco.queue));
+    map.metadata
+        .insert(STATE_KEY.into(), serde_json::to_string(state)?);
+    let sha = digest(&map);
+    map.metadata.insert(SHA_KEY.into(), sha);
+    let d = dir(run);
+    fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
+    let path = file_for(run, state.step);
+    map.save(&path)?;
+    prune(run)?;
+    Ok(path)
+}
+
+/// Checkpoint files of a run, newest first.
+pub fn list(run: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir(run))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.reverse();
+    files
+}
+
+fn prune(run: &Path) -> Result<()> {
+    for old in list(run).into_iter().skip(KEEP) {
+        fs::remove_file(&old).with_context(|| format!("{}: cannot remove", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads and verifies one checkpoint file.
+pub fn read(path: &Path) -> Result<(TensorMap, State)> {
+    let map = TensorMap::load(path)?;
+    let sha = map
+        .metadata
+        .get(SHA_KEY)
+        .with_context(|| format!("{}: no checksum (not a moco-rs checkpoint)", path.display()))?;
+    if *sha != digest(&map) {
+        bail!("{}: checksum mismatch (corrupt checkpoint)", path.display());
+    }
+    let state: State = serde_json::from_str(
+        map.metadata
+            .get(STATE_KEY)
+            .with_context(|| format!("{}: no state", path.display()))?,
+    )
+    .with_context(|| format!("{}: unreadable state", path.display()))?;
+    Ok((map, state))
+}
+
+/// The newest checkpoint that reads and verifies; corrupt ones are reported and skipped.
+pub fn latest_good(run: &Path) -> Option<(PathBuf, TensorMap, State)> {
+    for path in list(run) {
+        match read(&path) {
+            Ok((map, state)) => return Some((path, map, state)),
+            Err(e) => eprintln!("warning: {e:#}; falling back to an older checkpoint"),
+        }
+    }
+    None
+}
+
+/// Restores `moco` and `opt` from a verified checkpoint.
+pub fn restore(
+    path: &Path,
+    map: &TensorMap,
+    state: &State,
+    moco: &mut Moco,
+    opt: &mut Sgd,
+) -> Result<()> {
+    let copy = |prefix: &str, vars: std::collections::HashMap<String, tch::Tensor>| -> Result<()> {
+        for (name, var) in vars {
+            let d = map
+                .get(&format!("{prefix}/{name}"))
+                .with_context(|| format!("{}: missing `{prefix}/{name}`", path.display()))?;
+            let src = data_to_tensor(d);
+            if src.size() != var.size() {
+                bail!("{}: `{prefix}/{name}` has the wrong shape", path.display());
+            }
+            tch::no_grad(|| {
+                var.shallow_clone()
+                    .copy_(&src.to_device(var.device()).to_kind(var.kind()))
+            });
+        }
+        Ok(())
+    };
+    copy("q", moco.vs_q.variables())?;
+    copy("k", moco.vs_k.variables())?;
+    let device = moco.queue.device();
+    let queue = map
+        .get("queue")
+        .with_context(|| format!("{}: missing the queue", path.display()))?;
+    let queue = data_to_tensor(queue).to(device);
+    if queue.size() != moco.queue.size() {
+        bail!(
+            "{}: queue of shape {:?}, the run has {:?}",
+            path.display(),
+            queue.size(),
+            moco.queue.size()
+        );
+    }
+    tch::no_grad(|| moco.queue.copy_(&queue));
+    moco.ptr = state.ptr;
+    for ((name, p), buf) in opt.params.iter().zip(opt.buffers.iter_mut()) {
+        *buf = map
+            .get(&format!("opt/{name}"))
+            .map(|d| data_to_tensor(d).to_device(p.device()).to_kind(p.kind()));
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! MoCo v2 (He et al.; Chen et al.): a query encoder trained by SGD, a key encoder that follows
+//! it by momentum, and a queue of past keys as negatives — the official `moco/builder.py`, with
+//! the single-device shuffle BN of MoCo's demo (`SplitBatchNorm` + shuffled key batch).
+
+use models::tch_lowering::{MlpHeadModule, ResNet};
+use models::{Arch, MlpHead, ResNetDesc, MOCO_DIM};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, VarStore};
+use tch::{Device, Kind, Tensor};
+
+/// A backbone with MoCo v2's projection MLP (`fc.0`, ReLU, `fc.2`), torchvision names.
+#[derive(Debug)]
+pub struct Encoder {
+    pub backbone: ResNet,
+    pub head: MlpHeadModule,
+}
+
+impl Encoder {
+    pub fn new(root: &nn::Path, desc: &ResNetDesc, bn_splits: i64) -> Self {
+        Encoder {
+            backbone: ResNet::new(root, desc, bn_splits),
+            head: MlpHeadModule::new(root, &MlpHead::new(desc.feature_dim, MOCO_DIM)),
+        }
+    }
+
+    /// l2-normalized projections, `[N, 128]`.
+    pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
+        let z = self.head.forward(&self.backbone.forward_t(x, train));
+        normalize(&z)
+    }
+}
+
+/// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12).
+pub fn normalize(x: &Tensor) -> Tensor {
+    let norm = x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
+    x / norm
+}
+
+/// Planted faults for the parity test's proof that it catches a wrong algorithm. Never set by
+/// the command line.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Momentum update after the key forward instead of before it.
+    MomentumAfterKeys,
+    /// Keys left in shuffled order.
+    NoUnshuffle,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MocoConfig {
+    pub arch: Arch,
+    pub queue_size: i64,
+    pub momentum: f64,
+    pub temperature: f64,
+    pub bn_splits: i64,
+    pub symmetric: bool,
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub fault: Fault,
+}
+
+pub struct Moco {
+    pub cfg: MocoConfig,
+    pub vs_q: VarStore,
+    pub q: Encoder,
+    pub vs_k: VarStore,
+    pub k: Encoder,
+    /// `[128, K]`, columns l2-normalized, as the official queue.
+    pub queue: Tensor,
+    pub ptr: i64,
+    /// Trainable parameters, paired by name: (name, query, key).
+    pairs: Vec<(String, Tensor, Tensor)>,
+}
+
+/// One contrastive step's outputs: the loss (a graph to backpropagate) and the keys enqueued.
+pub struct StepOut {
+    pub loss: Tensor,
+    pub keys: Tensor,
+}
+
+impl Moco {
+    /// Query encoder initialised as torchvision does (`tch::manual_seed` decides the draw); the
+    /// key encoder a copy of it; the queue random unit vectors (`Tensor::randn` then normalized).
+    pub fn new(cfg: MocoConfig, device: Device) -> Self {
+        let desc = ResNetDesc::new(cfg.arch);
+        let vs_q = VarStore::new(device);
+        let q = Encoder::new(&vs_q.root(), &desc, cfg.bn_splits);
+        let mut vs_k = VarStore::new(device);
+        let k = Encoder::new(&vs_k.root(), &desc, cfg.bn_splits);
+        tch::no_grad(|| vs_k.copy(&vs_q)).expect("key encoder has the query encoder's variables");
+        vs_k.freeze();
+        let queue = normalize(
+            &Tensor::randn([MOCO_DIM as i64, cfg.queue_size], (Kind::Float, device))
+                .transpose(0, 1),
+        )
+        .transpose(0, 1)
+        .contiguous();
+        let mut moco = Moco {
+            cfg,
+            vs_q,
+            q,
+            vs_k,
+            k,
+            queue,
+            ptr: 0,
+            pairs: Vec::new(),
+        };
+        moco.pair_parameters();
+        moco
+    }
+
+    fn pair_parameters(&mut self) {
+        let qv = self.vs_q.variables();
+        let kv = self.vs_k.variables();
+        let mut names: Vec<&String> = qv.keys().filter(|n| qv[*n].requires_grad()).collect();
+        names.sort();
+        self.pairs = names
+            .into_iter()
+            .map(|n| (n.clone(), qv[n].shallow_clone(), kv[n].shallow_clone()))
+            .collect();
+    }
+
+    /// The query encoder's trainable parameters, sorted by name.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.pairs
+            .iter()
+            .map(|(n, q, _)| (n.clone(), q.shallow_clone()))
+            .collect()
+    }
+
+    /// θ_k ← m·θ_k + (1−m)·θ_q over parameters (buffers follow the key encoder's own forward).
+    pub fn momentum_update(&self) {
+        let m = self.cfg.momentum;
+        tch::no_grad(|| {
+            for (_, q, k) in &self.pairs {
+                let mut k = k.shallow_clone();
+                let _ = k.g_mul_scalar_(m);
+                let _ = k.g_add_(&(q * (1.0 - m)));
+            }
+        });
+    }
+
+    /// Keys of `im_k` from the key encoder, the batch shuffled by `perm` before it and put back
+    /// after (shuffle BN: no sub-batch sees the same images in the query and key encoders).
+    fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Tensor {
+        tch::no_grad(|| {
+            let device = im_k.device();
+            let idx = Tensor::from_slice(perm).to(device);
+            let k = self.k.embed(&im_k.index_select(0, &idx), true);
+            if self.cfg.fault == Fault::NoUnshuffle {
+                return k;
+            }
+            k.index_select(0, &idx.argsort(0, false))
+        })
+    }
+
+    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> (Tensor, Tensor) {
+        let q = self.q.embed(im_q, true);
+        if self.cfg.fault == Fault::MomentumAfterKeys {
+            let k = self.keys(im_k, perm);
+            self.momentum_update();
+            return (self.info_nce(&q, &k), k);
+        }
+        let k = self.keys(im_k, perm);
+        (self.info_nce(&q, &k), k)
+    }
+
+    /// Cross entropy over [l_pos, l_neg]/T with the positive at index 0.
+    pub fn info_nce(&self, q: &Tensor, k: &Tensor) -> Tensor {
+        let l_pos = (q * k).sum_dim_intlist(&[1i64][..], true, q.kind());
+        let l_neg = q.mm(&self.queue.detach());
+        let logits = Tensor::cat(&[l_pos, l_neg], 1) / self.cfg.temperature;
+        let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
+        // tch's `cross_entropy_for_logits` computes the log-softmax in f32 whatever the input.
+        logits.log_softmax(-1, logits.kind()).nll_loss(&labels)
+    }
+
+    /// The forward of one training step on two views. `perms` holds one shuffle permutation
+    /// (two with the symmetric loss). The momentum update comes first, as in the official code:
+    /// the key encoder follows the query encoder as it was after the previous SGD step.
+    pub fn forward(&self, im1: &Tensor, im2: &Tensor, perms: &[Vec<i64>]) -> StepOut {
+        if self.cfg.fault != Fault::MomentumAfterKeys {
+            self.momentum_update();
+        }
+        if self.cfg.symmetric {
+            let (l12, k2) = self.contrastive(im1, im2, &perms[0]);
+            let (l21, k1) = self.contrastive(im2, im1, &perms[1]);
+            StepOut {
+                loss: l12 + l21,
+                keys: Tensor::cat(&[k1, k2], 0),
+            }
+        } else {
+            let (loss, keys) = self.contrastive(im1, im2, &perms[0]);
+            StepOut { loss, keys }
+        }
+    }
+
+    /// Replaces the oldest keys: queue[:, ptr:ptr+N] = keysᵀ; ptr advances modulo K.
+    pub fn enqueue(&mut self, keys: &Tensor) {
+        let n = keys.size()[0];
+        assert!(
+            self.cfg.queue_size % n == 0,
+            "queue size must be divisible by the keys per step"
+        );
+        tch::no_grad(|| {
+            self.queue
+                .narrow(1, self.ptr, n)
+                .copy_(&keys.detach().transpose(0, 1));
+        });
+        self.ptr = (self.ptr + n) % self.cfg.queue_size;
+    }
+}

@@ -1,0 +1,486 @@
+//! `moco-train pretrain`: the MoCo v2 training loop — data order and augmentations keyed by
+//! (seed, step), shuffle BN, cosine lr, optional fp16/bf16 autocast, atomic checkpoints with an
+//! exact resume, metrics.jsonl, the kNN monitor, and the backbone saved with torchvision names.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use datasets::layout::{Format, Split};
+use models::tch_lowering::{parse_device, to_tensor_map};
+use models::{Arch, Preprocess};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::{AugConfig, Augmenter};
+use crate::data::{self, DecodedSplit, ImageBank};
+use crate::features;
+use crate::knn;
+use crate::metrics::MetricsLog;
+use crate::moco::checkpoint::{self, State};
+use crate::moco::model::{Moco, MocoConfig};
+use crate::moco::optim::{LossScaler, Schedule, Sgd};
+use crate::rng::{permutation, stream, Purpose};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Amp {
+    Off,
+    Bf16,
+    Fp16,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// Dataset root (folder, competition or STL-10 layout; see SPEC).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Splits whose images are pretrained on (labels ignored), comma-separated.
+    #[arg(long, default_value = "unlabeled,train")]
+    pub splits: String,
+    /// Dataset layout; detected when omitted.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Run directory: encoder.safetensors, metrics.jsonl, config.json, checkpoints/.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "resnet18")]
+    pub arch: Arch,
+    /// Epochs (passes over the pretraining images); `--steps` overrides.
+    #[arg(long, default_value_t = 200)]
+    pub epochs: u64,
+    /// Total optimizer steps (overrides `--epochs`).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Base learning rate for a batch of 256; the run uses lr × batch/256.
+    #[arg(long, default_value_t = 0.06)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub sgd_momentum: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Keep the lr constant instead of the cosine decay.
+    #[arg(long)]
+    pub no_cosine: bool,
+    /// Queue size K (negatives); must be a multiple of the keys per step.
+    #[arg(long, default_value_t = 2048)]
+    pub queue_size: i64,
+    /// Key encoder momentum m.
+    #[arg(long, default_value_t = 0.99)]
+    pub moco_momentum: f64,
+    /// Softmax temperature T of InfoNCE.
+    #[arg(long, default_value_t = 0.2)]
+    pub temperature: f64,
+    /// Shuffle BN on one device: BatchNorm statistics over this many sub-batches.
+    #[arg(long, default_value_t = 8)]
+    pub bn_splits: i64,
+    /// Symmetric loss (both views as queries; twice the keys per step).
+    #[arg(long)]
+    pub symmetric: bool,
+    /// Mixed precision on CUDA.
+    #[arg(long, value_enum, default_value_t = Amp::Off)]
+    pub amp: Amp,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Continue from the latest good checkpoint in --out (starts fresh when there is none).
+    #[arg(long)]
+    pub resume: bool,
+    /// Labeled dataset for the kNN monitor (default: --data when it has labels).
+    #[arg(long)]
+    pub knn_data: Option<PathBuf>,
+    #[arg(long, default_value = "train")]
+    pub knn_bank_split: Split,
+    #[arg(long, default_value = "val")]
+    pub knn_query_split: Split,
+    /// kNN monitor every N epochs (0: only at the end; off with --no-knn).
+    #[arg(long, default_value_t = 10)]
+    pub knn_every: u64,
+    #[arg(long)]
+    pub no_knn: bool,
+    /// Log a metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Side of the decoded images and of the views.
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    /// Where decoded stores are kept (default: $MOCO_CACHE_DIR or ~/.cache/moco-rs).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the result as one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a resume must agree on: everything that changes the numbers of a step.
+fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usize) -> Value {
+    json!({
+        "data": a.data.display().to_string(),
+        "splits": a.splits,
+        "images": n_images,
+        "arch": a.arch.name(),
+        "total_steps": total,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "weight_decay": a.weight_decay,
+        "sgd_momentum": a.sgd_momentum,
+        "warmup_steps": a.warmup_steps,
+        "cosine": !a.no_cosine,
+        "queue_size": a.queue_size,
+        "moco_momentum": a.moco_momentum,
+        "temperature": a.temperature,
+        "bn_splits": a.bn_splits,
+        "symmetric": a.symmetric,
+        "amp": a.amp,
+        "size": a.size,
+        "seed": a.seed,
+        "augmentation": aug,
+    })
+}
+
+pub fn set_threads(threads: Option<i32>) {
+    if let Some(t) = threads {
+        tch::set_num_threads(t);
+        tch::set_num_interop_threads(t);
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1) as usize)
+            .build_global();
+    }
+}
+
+pub struct KnnMonitor {
+    pub bank: DecodedSplit,
+    pub query: DecodedSplit,
+}
+
+impl KnnMonitor {
+    pub fn evaluate(&self, backbone: &models::tch_lowering::ResNet, device: Device) -> Result<f64> {
+        let pre = Preprocess::default();
+        let bank = features::extract(backbone, &self.bank, &pre, device, 256, false, "");
+        let query = features::extract(backbone, &self.query, &pre, device, 256, false, "");
+        let r = knn::classify(
+            &bank,
+            &features::labels(&self.bank, device),
+            &query,
+            &features::labels(&self.query, device),
+            self.bank.classes.len(),
+            200,
+            0.1,
+        )?;
+        Ok(r.top1)
+    }
+}
+
+fn params_finite(opt: &Sgd) -> bool {
+    tch::no_grad(|| {
+        opt.params
+            .iter()
+            .all(|(_, p)| bool::try_from(p.isfinite().all()).unwrap_or(false))
+    })
+}
+
+fn check_writable(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create", out.display()))?;
+    let probe = out.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: not writable", out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+pub fn run(a: &PretrainArgs) -> Result<Value> {
+    set_threads(a.threads);
+    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    if a.amp != Amp::Off && !device.is_cuda() {
+        bail!(
+            "--amp {:?}: mixed precision runs on CUDA only (use --amp off on CPU)",
+            a.amp
+        );
+    }
+    if a.amp == Amp::Bf16 {
+        bail!("--amp bf16: tch 0.24 cannot select bf16 autocast; use --amp fp16 or off");
+    }
+    if a.batch_size == 0 || a.bn_splits < 1 || a.batch_size as i64 % a.bn_splits != 0 {
+        bail!(
+            "--batch-size {} must be a positive multiple of --bn-splits {}",
+            a.batch_size,
+            a.bn_splits
+        );
+    }
+    let keys_per_step = a.batch_size as i64 * if a.symmetric { 2 } else { 1 };
+    if a.queue_size <= 0 || a.queue_size % keys_per_step != 0 {
+        bail!(
+            "--queue-size {} must be a positive multiple of the keys per step ({keys_per_step})",
+            a.queue_size
+        );
+    }
+    check_writable(&a.out)?;
+    let progress = !a.quiet && !a.json;
+    let cache_dir = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
+    let splits = data::parse_splits(&a.splits).map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
+    let bank = ImageBank::new(data::open_splits(
+        &a.data, &splits, a.format, a.size, &cache_dir, progress,
+    )?);
+    let n = bank.len();
+    if a.batch_size > n {
+        bail!(
+            "--batch-size {} is larger than the {n} pretraining images",
+            a.batch_size
+        );
+    }
+    let steps_per_epoch = (n / a.batch_size) as u64;
+    let total = a.steps.unwrap_or(a.epochs * steps_per_epoch);
+    if total == 0 {
+        bail!("--steps/--epochs: nothing to train");
+    }
+
+    let knn = if a.no_knn {
+        None
+    } else {
+        let root = a.knn_data.as_ref().unwrap_or(&a.data);
+        let open = |s: Split| {
+            data::open_splits(root, &[s], a.format, a.size, &cache_dir, progress)
+                .map(|mut v| v.remove(0))
+        };
+        match (open(a.knn_bank_split), open(a.knn_query_split)) {
+            (Ok(b), Ok(q)) if b.is_labeled() && q.is_labeled() => {
+                Some(KnnMonitor { bank: b, query: q })
+            }
+            (Ok(_), Ok(_)) if a.knn_data.is_some() => bail!(
+                "--knn-data {}: the kNN splits `{}`/`{}` have no labels",
+                root.display(),
+                a.knn_bank_split.name(),
+                a.knn_query_split.name()
+            ),
+            (Err(e), _) | (_, Err(e)) if a.knn_data.is_some() => return Err(e),
+            _ => {
+                eprintln!(
+                    "pretrain: no labeled kNN splits in {}; kNN monitor off",
+                    root.display()
+                );
+                None
+            }
+        }
+    };
+
+    let aug_cfg = AugConfig::mocov2(a.size);
+    let algo = algorithm_config(a, &aug_cfg, total, n);
+    let config = json!({
+        "command": "pretrain",
+        "algorithm": algo,
+        "run": {
+            "threads": tch::get_num_threads(),
+            "device": format!("{device:?}"),
+            "checkpoint_every": a.checkpoint_every,
+            "knn_every": a.knn_every,
+            "log_every": a.log_every,
+            "out": a.out.display().to_string(),
+        },
+        "preprocess": Preprocess::default(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+
+    tch::manual_seed(a.seed as i64);
+    let cfg = MocoConfig {
+        arch: a.arch,
+        queue_size: a.queue_size,
+        momentum: a.moco_momentum,
+        temperature: a.temperature,
+        bn_splits: a.bn_splits,
+        symmetric: a.symmetric,
+        fault: Default::default(),
+    };
+    let mut moco = Moco::new(cfg, device);
+    let mut opt = Sgd::new(moco.parameters(), a.sgd_momentum, a.weight_decay);
+    let schedule = Schedule {
+        base_lr: a.lr,
+        batch_size: a.batch_size,
+        total_steps: total,
+        warmup_steps: a.warmup_steps,
+        cosine: !a.no_cosine,
+    };
+    let mut scaler = (a.amp == Amp::Fp16).then(LossScaler::default);
+
+    let mut start = 0u64;
+    if a.resume {
+        if let Some((path, map, state)) = checkpoint::latest_good(&a.out) {
+            if state.config != algo {
+                bail!(
+                    "--resume: {} was written by a run with another configuration (arch, data, \
+                     batch, schedule or seed differ); use another --out",
+                    path.display()
+                );
+            }
+            checkpoint::restore(&path, &map, &state, &mut moco, &mut opt)?;
+            scaler = state.scaler.clone();
+            start = state.step;
+            eprintln!("pretrain: resumed from {} (step {start})", path.display());
+        }
+    }
+    models::weights::write_atomic(
+        &a.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    let mut log = MetricsLog::open(&a.out.join("metrics.jsonl"), Some(start))?;
+
+    let aug = Augmenter::new(aug_cfg, &Preprocess::default(), device);
+    let bar = crate::progress::bar(total, "pretrain", progress);
+    bar.set_position(start);
+    let t0 = Instant::now();
+    let mut order: (u64, Vec<i64>) = (u64::MAX, Vec::new());
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut interval = (0u64, Instant::now());
+    let mut last_loss = f64::NAN;
+    let mut last_knn = None;
+    let save = |moco: &Moco, opt: &Sgd, scaler: &Option<LossScaler>, step: u64| {
+        let state = State {
+            step,
+            ptr: moco.ptr,
+            scaler: scaler.clone(),
+            config: algo.clone(),
+        };
+        checkpoint::save(&a.out, moco, opt, &state)
+    };
+
+    for step in start..total {
+        let epoch = step / steps_per_epoch;
+        if order.0 != epoch {
+            order = (
+                epoch,
+                permutation(&mut stream(a.seed, Purpose::EpochOrder, epoch), n),
+            );
+        }
+        let pos = (step % steps_per_epoch) as usize * a.batch_size;
+        let idx: Vec<usize> = order.1[pos..pos + a.batch_size]
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
+        let images = bank.batch(&idx).to_device(device);
+        let mut rng = stream(a.seed, Purpose::Augment, step);
+        let (s, b) = (a.size, a.batch_size);
+        let p1 = aug.draw(&mut rng, b, s, s);
+        let p2 = aug.draw(&mut rng, b, s, s);
+        let (im1, im2) = (aug.views(&images, &p1), aug.views(&images, &p2));
+        let mut prng = stream(a.seed, Purpose::ShuffleBn, step);
+        let perms: Vec<Vec<i64>> = (0..if a.symmetric { 2 } else { 1 })
+            .map(|_| permutation(&mut prng, b))
+            .collect();
+        let lr = schedule.lr(step);
+
+        opt.zero_grad();
+        let out = tch::autocast(a.amp != Amp::Off, || moco.forward(&im1, &im2, &perms));
+        let loss = out.loss.to_kind(Kind::Float);
+        let take = match &mut scaler {
+            Some(sc) => {
+                (&loss * sc.scale).backward();
+                sc.unscale_and_check(&mut opt)
+            }
+            None => {
+                loss.backward();
+                true
+            }
+        };
+        if take {
+            opt.step(lr);
+        }
+        moco.enqueue(&out.keys.to_kind(Kind::Float));
+        loss_sum += loss.detach();
+        interval.0 += 1;
+
+        let done = step + 1;
+        let end_of_epoch = done.is_multiple_of(steps_per_epoch);
+        let checkpoint_now =
+            done == total || (a.checkpoint_every > 0 && done.is_multiple_of(a.checkpoint_every));
+        if done % a.log_every.max(1) == 0 || checkpoint_now || end_of_epoch {
+            // The only host synchronisation: the mean loss of the interval, checked for NaN/inf
+            // before anything is logged or checkpointed.
+            let mean = loss_sum.double_value(&[]) / interval.0 as f64;
+            if !mean.is_finite() {
+                bar.abandon();
+                bail!(
+                    "pretrain: the loss became {mean} between steps {} and {done} (lr {lr:.4}); \
+                     stopped. The last good checkpoint is kept in {}",
+                    done - interval.0,
+                    checkpoint::dir(&a.out).display()
+                );
+            }
+            let secs = interval.1.elapsed().as_secs_f64();
+            let ips = (interval.0 as usize * a.batch_size) as f64 / secs.max(1e-9);
+            last_loss = mean;
+            let mut rec = json!({
+                "step": done, "epoch": done as f64 / steps_per_epoch as f64, "loss": mean,
+                "lr": lr, "images_per_sec": ips, "wall_time": t0.elapsed().as_secs_f64(),
+            });
+            let knn_due =
+                end_of_epoch && a.knn_every > 0 && (done / steps_per_epoch).is_multiple_of(a.knn_every);
+            if let Some(m) = knn.as_ref().filter(|_| knn_due || done == total) {
+                let top1 = m.evaluate(&moco.q.backbone, device)?;
+                rec["knn_top1"] = json!(top1);
+                last_knn = Some(top1);
+            }
+            if let Some(sc) = &scaler {
+                rec["loss_scale"] = json!(sc.scale);
+            }
+            log.write(&rec)?;
+            bar.set_message(format!("pretrain loss {mean:.4} lr {lr:.4} {ips:.1} img/s"));
+            loss_sum = Tensor::zeros([], (Kind::Float, device));
+            interval = (0, Instant::now());
+            if checkpoint_now {
+                // The loss checks the weights a step behind: check this step's result too.
+                if !params_finite(&opt) {
+                    bar.abandon();
+                    bail!(
+                        "pretrain: the weights became NaN/inf at step {done} (lr {lr:.4}); \
+                         stopped. The last good checkpoint is kept in {}",
+                        checkpoint::dir(&a.out).display()
+                    );
+                }
+                save(&moco, &opt, &scaler, done)?;
+            }
+        }
+        bar.set_position(done);
+    }
+    bar.finish_and_clear();
+
+    let backbone = to_tensor_map(&moco.vs_q.variables(), |name| !name.starts_with("fc."));
+    let mut encoder = backbone;
+    encoder
+        .metadata
+        .insert("moco.arch".into(), a.arch.name().into());
+    encoder.save(&a.out.join("encoder.safetensors"))?;
+    let _ = crate::plot::curves(&a.out.join("metrics.jsonl"), &a.out.join("curves.png"));
+    let result = json!({
+        "encoder": a.out.join("encoder.safetensors").display().to_string(),
+        "steps": total,
+        "loss": last_loss,
+        "knn_top1": last_knn,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "pretrain: {total} steps, final loss {last_loss:.4}{} → {}",
+        last_knn
+            .map(|k| format!(", kNN top-1 {:.1} %", 100.0 * k))
+            .unwrap_or_default(),
+        a.out.join("encoder.safetensors").display()
+    );
+    Ok(result)
+}

@@ -1,0 +1,86 @@
+//! `moco-train preview-augment`: originals beside their two aug+ views (the seed's Figure 2).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use datasets::layout::{Format, Split};
+use image::RgbImage;
+use models::Preprocess;
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::{AugConfig, Augmenter};
+use crate::data;
+use crate::rng::{stream, Purpose};
+
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The split to take images from.
+    #[arg(long, default_value = "train")]
+    pub split: Split,
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Output PNG: one row per image — original, view 1, view 2.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images (rows).
+    #[arg(long, default_value_t = 8)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A `[3,H,W]` float image in [0,1] → 8-bit RGB.
+pub fn to_rgb(t: &Tensor) -> RgbImage {
+    let (_, h, w) = t.size3().expect("[3,H,W]");
+    let bytes = (t.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous()
+        .to_device(Device::Cpu);
+    let v = Vec::<u8>::try_from(bytes.flatten(0, -1)).expect("u8 image");
+    RgbImage::from_raw(w as u32, h as u32, v).expect("image size")
+}
+
+pub fn run(a: &PreviewArgs) -> Result<serde_json::Value> {
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
+    let split =
+        data::open_splits(&a.data, &[a.split], a.format, a.size, &cache, !a.json)?.remove(0);
+    let n = a.n.min(split.n);
+    // Spread the rows over the split so several classes show.
+    let idx: Vec<usize> = (0..n).map(|i| i * split.n / n).collect();
+    let images = split.batch(&idx);
+    let aug = Augmenter::new(
+        AugConfig::mocov2(a.size),
+        &Preprocess::default(),
+        Device::Cpu,
+    );
+    let mut rng = stream(a.seed, Purpose::Preview, 0);
+    let v1 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
+    let v2 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
+    let originals = images.to_kind(Kind::Float) / 255.0;
+    let mut tiles = Vec::new();
+    for i in 0..n as i64 {
+        for t in [&originals, &v1, &v2] {
+            tiles.push(to_rgb(&t.get(i)));
+        }
+    }
+    crate::plot::grid(&tiles, 3, &a.out)?;
+    eprintln!(
+        "preview-augment: {n} images and their two views → {}",
+        a.out.display()
+    );
+    Ok(serde_json::json!({"out": a.out.display().to_string(), "images": n}))
+}
