@@ -4,6 +4,10 @@
 #   scripts/bench.sh infer   moco-infer (ort, tract) vs PIL + onnxruntime in Python, batch 1 and 64
 #   scripts/bench.sh export  moco-export's file vs torch.onnx.export's, same weights, ort and tract;
 #                            BN folded vs --no-fold
+#   scripts/bench.sh data    two-view images/s: decoded store + batched aug+ (tch) vs torchvision's
+#                            DataLoader (PIL decode + aug+, 2 workers; and pre-decoded)
+#   scripts/bench.sh train   pretraining step time, resnet18 batch 64: moco-train vs the PyTorch
+#                            reference (tests/python/moco_train.py), same threads
 #
 # DATA (default ../shared/data/imagenette96), THREADS (2), LIMIT (images per run; 0 = all).
 # REPS (3): interleaved repetitions; the table shows medians.
@@ -18,6 +22,7 @@ LIMIT="${LIMIT:-0}"
 out=runs/bench; mkdir -p "$out"
 [ -d "$DATA/val" ] || { echo "bench: $DATA/val not found (set DATA=...)" >&2; exit 1; }
 cargo build --release -q -p moco-exporter -p moco-infer
+cargo build --release -q -p moco-trainer
 py=.venv/bin/python3
 
 weights() { # arch dir: torchvision-initialised weights with calibrated BN statistics
@@ -99,5 +104,55 @@ for arch in ("resnet18", "resnet50"):
         print(f"| {arch} | {label} | {b:,} | {b/tb:.4f} | {o:.1f} | **{o/to:.2f}×** | {t:.1f} | **{t/tt:.2f}×** |")
 PY
   ;;
-*) echo "usage: scripts/bench.sh infer|export" >&2; exit 2 ;;
+data)
+  BATCHES="${BATCHES:-20}"
+  export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"
+  : > "$out/data.jsonl"
+  target/release/moco-train bench-data --data "$DATA" --batches 1 --threads "$THREADS" --json >/dev/null  # builds the store
+  for rep in $(seq "$REPS"); do
+    tagj() { $py -c "import json,sys; d=json.loads(sys.argv[1]); d['tag']=sys.argv[2]; print(json.dumps(d))" "$1" "$2"; }
+    tagj "$(target/release/moco-train bench-data --data "$DATA" --batches "$BATCHES" --threads "$THREADS" --json 2>/dev/null | tail -1)" rust >> "$out/data.jsonl"
+    tagj "$($py tests/python/bench_augment.py --data "$DATA" --batches "$BATCHES" --workers "$THREADS")" png >> "$out/data.jsonl"
+    tagj "$($py tests/python/bench_augment.py --data "$DATA" --batches "$BATCHES" --workers "$THREADS" --predecoded)" predecoded >> "$out/data.jsonl"
+  done
+  $py - "$out/data.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda tag: statistics.median(r["two_view_images_per_sec"] for r in rows if r["tag"] == tag)
+r, p, d = med("rust"), med("png"), med("predecoded")
+print("| pipeline | two-view images/s | moco-train / it |")
+print("|---|---|---|")
+print(f"| torchvision, PIL decode from PNG, DataLoader 2 workers | {p:.0f} | **{r/p:.2f}×** |")
+print(f"| torchvision, pre-decoded PIL images, 2 workers | {d:.0f} | **{r/d:.2f}×** |")
+print(f"| moco-train: decoded store + batched aug+ on tch, 2 threads | {r:.0f} | 1.00× |")
+PY
+  ;;
+train)
+  STEPS="${STEPS:-40}"
+  export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"
+  : > "$out/train.jsonl"
+  for rep in $(seq "$REPS"); do
+    rm -rf "$out/train-rust" "$out/train-py"
+    target/release/moco-train pretrain --data "$DATA" --out "$out/train-rust" --steps "$STEPS" --batch-size 64 \
+      --queue-size 1024 --bn-splits 8 --log-every 10 --no-knn --threads "$THREADS" --quiet --json >/dev/null
+    $py tests/python/moco_train.py --data "$DATA" --out "$out/train-py" --steps "$STEPS" --batch-size 64 \
+      --queue-size 1024 --bn-splits 8 --log-every 10 --no-knn --threads "$THREADS" --workers "$THREADS" >/dev/null
+    # Steady state: the logged intervals after the first (warm-up, store and worker start).
+    $py - "$out/train-rust/metrics.jsonl" "$out/train-py/metrics.jsonl" >> "$out/train.jsonl" <<'PY'
+import json, statistics, sys
+ips = lambda f: statistics.median(json.loads(l)["images_per_sec"] for l in list(open(f))[1:] if "images_per_sec" in l)
+print(json.dumps({"rust": ips(sys.argv[1]), "python": ips(sys.argv[2])}))
+PY
+  done
+  $py - "$out/train.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+r = statistics.median(x["rust"] for x in rows); p = statistics.median(x["python"] for x in rows)
+print("| resnet18, batch 64, 2 threads | two-view images/s | s/step | step time vs Python |")
+print("|---|---|---|---|")
+print(f"| PyTorch reference (DataLoader 2 workers) | {p:.1f} | {64/p:.2f} | 1.00× |")
+print(f"| moco-train pretrain | {r:.1f} | {64/r:.2f} | **{p/r:.2f}×** |")
+PY
+  ;;
+*) echo "usage: scripts/bench.sh infer|export|data|train" >&2; exit 2 ;;
 esac

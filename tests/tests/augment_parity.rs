@@ -201,8 +201,23 @@ fn deterministic_parts_match_torchvision() {
             .abs()
             .max()
             .double_value(&[]);
-        assert!(d < 1e-6, "image {i}: batched view differs by {d}");
+        assert!(d < 1e-5, "image {i}: batched view differs by {d}");
     }
+    // The device path of the colour stage (grouped libtorch kernels, used on CUDA) against the
+    // fused host path that `views_01` takes on the CPU.
+    let no_blur: Vec<ViewParams> = params
+        .iter()
+        .map(|p| ViewParams {
+            blur_sigma: None,
+            ..p.clone()
+        })
+        .collect();
+    let host = aug.views_01(&images, &no_blur);
+    let device = aug.color_batched(rrc.shallow_clone(), &no_blur);
+    let d = (host - device).abs().max().double_value(&[]);
+    eprintln!("colour stage, host fused vs device batched: max |Δ| {d:.2e}");
+    // Rounding only: the host sums the contrast mean in f64 and divides once per pixel.
+    assert!(d < 1e-5, "{d}");
 }
 
 /// Two-sample Kolmogorov–Smirnov statistic.

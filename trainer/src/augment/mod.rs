@@ -2,6 +2,7 @@
 //! device. Parameters are drawn on the host from a seeded stream (`params`), then one batch of
 //! uint8 images becomes normalized float views in a handful of batched kernels (`ops`).
 
+pub mod color_cpu;
 pub mod ops;
 pub mod params;
 
@@ -10,6 +11,9 @@ use tch::{Device, Kind, Tensor};
 
 use models::Preprocess;
 pub use params::{AugConfig, CropBox, Jitter, ViewParams};
+
+/// Images per pass on the CPU: 16 views of 96×96 are 1.7 MB of floats, within L2/L3.
+pub const CPU_CHUNK: usize = 16;
 
 pub struct Augmenter {
     pub cfg: AugConfig,
@@ -34,13 +38,63 @@ impl Augmenter {
     }
 
     /// uint8 `[N,3,H,W]` (any device) → augmented float views in [0,1], `[N,3,size,size]`.
+    /// On the CPU the batch goes through in chunks of [`CPU_CHUNK`] images, so that the dozen
+    /// elementwise passes of the pipeline run on data still in cache; a GPU takes it whole.
     pub fn views_01(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
+        self.chunked(images, p, false)
+    }
+
+    fn chunked(&self, images: &Tensor, p: &[ViewParams], normalize: bool) -> Tensor {
+        let device = self.mean.device();
+        let n = p.len();
+        let one = |images: &Tensor, p: &[ViewParams]| {
+            let x = self.chunk_views_01(images, p);
+            if normalize {
+                self.normalize(&x)
+            } else {
+                x
+            }
+        };
+        if device.is_cuda() || n <= CPU_CHUNK {
+            return one(images, p);
+        }
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(CPU_CHUNK)
+            .map(|at| {
+                let len = CPU_CHUNK.min(n - at);
+                one(&images.narrow(0, at as i64, len as i64), &p[at..at + len])
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    fn chunk_views_01(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
         let x = images.to_device(self.mean.device()).to_kind(Kind::Float) / 255.0;
         let boxes: Vec<CropBox> = p.iter().map(|v| v.crop).collect();
         let flips: Vec<bool> = p.iter().map(|v| v.flip).collect();
         let mut x = ops::resized_crop_flip(&x, &boxes, &flips, self.cfg.size);
-        // ColorJitter: four rounds; in round r each jittered image applies its r-th adjustment.
-        // Images are grouped by adjustment so every round is at most four batched kernels.
+        if x.device() == Device::Cpu {
+            let (n, c, h, w) = x.size4().expect("[N,3,H,W]");
+            let mut buf = Vec::<f32>::try_from(x.contiguous().flatten(0, -1)).expect("f32 views");
+            color_cpu::jitter_and_grayscale(&mut buf, (h * w) as usize, p);
+            x = Tensor::from_slice(&buf).view([n, c, h, w]);
+        } else {
+            x = self.color_batched(x, p);
+        }
+        let (blur, sigmas): (Vec<usize>, Vec<f32>) = p
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.blur_sigma.map(|s| (i, s)))
+            .unzip();
+        ops::on_subset(x, &blur, |s| {
+            ops::gaussian_blur(s, &sigmas, ops::BLUR_KERNEL)
+        })
+    }
+
+    /// ColorJitter in four rounds (in round r each jittered image applies its r-th adjustment),
+    /// images grouped by adjustment so that a round is at most four batched kernels; then
+    /// RandomGrayscale. The device path; `color_cpu` is the same on the host.
+    pub fn color_batched(&self, mut x: Tensor, p: &[ViewParams]) -> Tensor {
         for round in 0..4 {
             for op in 0..4u8 {
                 let (idx, f): (Vec<usize>, Vec<f32>) = p
@@ -68,16 +122,8 @@ impl Augmenter {
             }
         }
         let gray: Vec<usize> = (0..p.len()).filter(|&i| p[i].grayscale).collect();
-        x = ops::on_subset(x, &gray, |s| {
+        ops::on_subset(x, &gray, |s| {
             ops::grayscale(s).expand([-1, 3, -1, -1], false)
-        });
-        let (blur, sigmas): (Vec<usize>, Vec<f32>) = p
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.blur_sigma.map(|s| (i, s)))
-            .unzip();
-        ops::on_subset(x, &blur, |s| {
-            ops::gaussian_blur(s, &sigmas, ops::BLUR_KERNEL)
         })
     }
 
@@ -87,6 +133,6 @@ impl Augmenter {
 
     /// The network's input: augmented and normalized.
     pub fn views(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
-        self.normalize(&self.views_01(images, p))
+        self.chunked(images, p, true)
     }
 }

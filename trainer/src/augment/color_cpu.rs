@@ -1,0 +1,113 @@
+//! ColorJitter and RandomGrayscale fused into one pass per image, for the CPU. The libtorch
+//! version in `ops` runs each adjustment as a dozen full-tensor kernels — the right shape for a
+//! GPU, but on two CPU cores memory traffic made it 60 % of the data path. Here every image is
+//! walked once per adjustment with the same f32 expressions as torchvision's tensor functionals
+//! (and `ops`), so the results agree to rounding (tests/augment_parity.rs holds it to `ops`).
+
+use rayon::prelude::*;
+
+use super::params::{Jitter, ViewParams};
+
+const GRAY: [f32; 3] = [0.2989, 0.587, 0.114];
+
+fn blend(a: f32, b: f32, f: f32) -> f32 {
+    (a * f + b * (1.0 - f)).clamp(0.0, 1.0)
+}
+
+fn gray(r: f32, g: f32, b: f32) -> f32 {
+    r * GRAY[0] + g * GRAY[1] + b * GRAY[2]
+}
+
+/// One pixel's hue shift: torchvision's `_rgb2hsv`, `(h + hue) % 1`, then HSV → RGB as
+/// c = v − v·s·clamp(min(k, 4−k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1 (the sector table of
+/// `_hsv2rgb` in closed form). Written without branches (selects only) so that it vectorizes.
+#[inline(always)]
+fn shift_hue(r: f32, g: f32, b: f32, hue: f32) -> (f32, f32, f32) {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    let eqc = maxc == minc;
+    let cr = maxc - minc;
+    let s = cr / if eqc { 1.0 } else { maxc };
+    let inv = 1.0 / if eqc { 1.0 } else { cr };
+    let (rc, gc, bc) = ((maxc - r) * inv, (maxc - g) * inv, (maxc - b) * inv);
+    let is_r = maxc == r;
+    let is_g = maxc == g;
+    let h = if is_r {
+        bc - gc
+    } else if is_g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    // fmod(h/6 + 1, 1): the argument lies in [5/6, 11/6], where a − 1 is exact (Sterbenz).
+    let a = h / 6.0 + 1.0;
+    let h = if a >= 1.0 { a - 1.0 } else { a };
+    let h6 = wrap(h + hue, 1.0) * 6.0;
+    let vs = maxc * s;
+    let ch = |n: f32| {
+        let k = wrap(h6 + n, 6.0);
+        maxc - vs * k.min(4.0 - k).clamp(0.0, 1.0)
+    };
+    (ch(5.0), ch(3.0), ch(1.0))
+}
+
+/// Python's `a % m` (torch's `remainder`) for `a` within one period of [0, m): no libm call.
+#[inline(always)]
+fn wrap(a: f32, m: f32) -> f32 {
+    let a = if a < 0.0 { a + m } else { a };
+    if a >= m {
+        a - m
+    } else {
+        a
+    }
+}
+
+fn adjust(img: &mut [f32], n: usize, op: u8, j: &Jitter) {
+    let (rs, rest) = img.split_at_mut(n);
+    let (gs, bs) = rest.split_at_mut(n);
+    match op {
+        0 => {
+            for v in rs.iter_mut().chain(gs.iter_mut()).chain(bs.iter_mut()) {
+                *v = blend(*v, 0.0, j.brightness);
+            }
+        }
+        1 => {
+            let sum: f64 = rs.iter().zip(gs.iter()).zip(bs.iter()).map(|((r, g), b)| gray(*r, *g, *b) as f64).sum();
+            let mean = (sum / n as f64) as f32;
+            for v in rs.iter_mut().chain(gs.iter_mut()).chain(bs.iter_mut()) {
+                *v = blend(*v, mean, j.contrast);
+            }
+        }
+        2 => {
+            for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
+                let l = gray(*r, *g, *b);
+                (*r, *g, *b) = (blend(*r, l, j.saturation), blend(*g, l, j.saturation), blend(*b, l, j.saturation));
+            }
+        }
+        _ => {
+            for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
+                (*r, *g, *b) = shift_hue(*r, *g, *b, j.hue);
+            }
+        }
+    }
+}
+
+/// Applies each image's jitter (in its order) and grayscale, in place; `x` holds `p.len()`
+/// images of 3×`n` floats, CHW.
+pub fn jitter_and_grayscale(x: &mut [f32], n: usize, p: &[ViewParams]) {
+    x.par_chunks_mut(3 * n).zip(p).for_each(|(img, v)| {
+        if let Some(j) = &v.jitter {
+            for op in j.order {
+                adjust(img, n, op, j);
+            }
+        }
+        if v.grayscale {
+            let (rs, rest) = img.split_at_mut(n);
+            let (gs, bs) = rest.split_at_mut(n);
+            for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
+                let l = gray(*r, *g, *b);
+                (*r, *g, *b) = (l, l, l);
+            }
+        }
+    });
+}
