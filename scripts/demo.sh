@@ -19,7 +19,8 @@ export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"
 t0=$(date +%s)
 say() { echo "demo [$(( $(date +%s) - t0 )) s]: $*" >&2; }
 last() { tail -1; }
-get() { python3 -c "import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print('%.1f' % (100*v) if isinstance(v,float) else v)" "$1" "$2"; }
+pct() { python3 -c "import json,sys; print('%.1f' % (100 * json.loads(sys.argv[1])[sys.argv[2]]))" "$1" "$2"; }
+rate() { python3 -c "import json,sys; print('%.0f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 if [ -z "${DATA:-}" ]; then
   DATA="$out/data"
@@ -50,22 +51,22 @@ cp "$out/pretrain/config.json" "$out/linear/pretrain-config.json"
 $train export --encoder "$out/pretrain/encoder.safetensors" --classifier "$out/linear/classifier.safetensors" \
   --out "$out/model.onnx" >/dev/null
 ort=$($infer --model "$out/model.onnx" --data "$DATA" --split val --backend ort --threads "$THREADS" \
-  --predictions "$out/predictions-ort.csv" --quiet --json | last)
+  --predictions "$out/predictions-ort.csv" --quiet --json 2>"$out/infer-ort.txt" | last)
 tract=$($infer --model "$out/model.onnx" --data "$DATA" --split val --backend tract --threads "$THREADS" \
-  --predictions "$out/predictions-tract.csv" --quiet --json | last)
+  --predictions "$out/predictions-tract.csv" --quiet --json 2>"$out/infer-tract.txt" | last)
 same() { cmp -s "$1" "$2" && echo "identical" || echo "DIFFERENT"; }
 
 cat <<TABLE
 
 | encoder | kNN top-1 (k=200) | linear top-1 | linear top-5 |
 |---|---|---|---|
-| random init (floor) | $(get "$knn_floor" top1) % | $(get "$lin_floor" top1) % | $(get "$lin_floor" top5) % |
-| MoCo v2, $STEPS steps | $(get "$knn_pre" top1) % | $(get "$lin_pre" top1) % | $(get "$lin_pre" top5) % |
+| random init (floor) | $(pct "$knn_floor" top1) % | $(pct "$lin_floor" top1) % | $(pct "$lin_floor" top5) % |
+| MoCo v2, $STEPS steps | $(pct "$knn_pre" top1) % | $(pct "$lin_pre" top1) % | $(pct "$lin_pre" top5) % |
 
 | ONNX model on val | top-1 | top-5 | images/s | predictions vs moco-train linear |
 |---|---|---|---|---|
-| moco-infer ort | $(get "$ort" top1) % | $(get "$ort" top5) % | $(get "$ort" images_per_sec | cut -d. -f1) | $(same "$out/predictions-ort.csv" "$out/linear/val_predictions.csv") |
-| moco-infer tract | $(get "$tract" top1) % | $(get "$tract" top5) % | $(get "$tract" images_per_sec | cut -d. -f1) | $(same "$out/predictions-tract.csv" "$out/linear/val_predictions.csv") |
+| moco-infer ort | $(pct "$ort" top1) % | $(pct "$ort" top5) % | $(rate "$ort" images_per_sec) | $(same "$out/predictions-ort.csv" "$out/linear/val_predictions.csv") |
+| moco-infer tract | $(pct "$tract" top1) % | $(pct "$tract" top5) % | $(rate "$tract" images_per_sec) | $(same "$out/predictions-tract.csv" "$out/linear/val_predictions.csv") |
 
 Figures: $out/curves.png (loss, lr, kNN vs the floor), $out/augment.png (originals and two views).
 Model: $out/model.onnx. Total: $(( $(date +%s) - t0 )) s.

@@ -20,7 +20,15 @@ impl Backbone {
     /// (`fc.*`) in the file is ignored.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let file = path.display().to_string();
-        let map = TensorMap::load(path).with_context(|| format!("--encoder {file}"))?;
+        let mut map = TensorMap::load(path).with_context(|| format!("--encoder {file}"))?;
+        // A pretraining checkpoint (`RUN/checkpoints/step-*.safetensors`) holds the query encoder
+        // under `q/`: evaluate it as it stands, mid-run.
+        if map.tensors.contains_key("q/conv1.weight") {
+            map.tensors = std::mem::take(&mut map.tensors)
+                .into_iter()
+                .filter_map(|(n, t)| n.strip_prefix("q/").map(|n| (n.to_string(), t)))
+                .collect();
+        }
         let arch = ResNetDesc::detect_arch(&map, &file)?;
         let desc = ResNetDesc::new(arch);
         let vs = VarStore::new(device);

@@ -68,6 +68,8 @@ fn panel(
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_labels(6)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| anyhow::anyhow!("plot: {e}"))?;

@@ -156,13 +156,19 @@ fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usi
     })
 }
 
+/// `--threads`: libtorch's intra-op pool, and once per process its inter-op pool and rayon's
+/// global pool (libtorch refuses a second inter-op setting, rayon a second global pool).
 pub fn set_threads(threads: Option<i32>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     if let Some(t) = threads {
+        let t = t.max(1);
         tch::set_num_threads(t);
-        tch::set_num_interop_threads(t);
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1) as usize)
-            .build_global();
+        ONCE.call_once(|| {
+            tch::set_num_interop_threads(t);
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(t as usize)
+                .build_global();
+        });
     }
 }
 
@@ -430,8 +436,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
                 "step": done, "epoch": done as f64 / steps_per_epoch as f64, "loss": mean,
                 "lr": lr, "images_per_sec": ips, "wall_time": t0.elapsed().as_secs_f64(),
             });
-            let knn_due =
-                end_of_epoch && a.knn_every > 0 && (done / steps_per_epoch).is_multiple_of(a.knn_every);
+            let knn_due = end_of_epoch
+                && a.knn_every > 0
+                && (done / steps_per_epoch).is_multiple_of(a.knn_every);
             if let Some(m) = knn.as_ref().filter(|_| knn_due || done == total) {
                 let top1 = m.evaluate(&moco.q.backbone, device)?;
                 rec["knn_top1"] = json!(top1);

@@ -72,7 +72,12 @@ fn adjust(img: &mut [f32], n: usize, op: u8, j: &Jitter) {
             }
         }
         1 => {
-            let sum: f64 = rs.iter().zip(gs.iter()).zip(bs.iter()).map(|((r, g), b)| gray(*r, *g, *b) as f64).sum();
+            let sum: f64 = rs
+                .iter()
+                .zip(gs.iter())
+                .zip(bs.iter())
+                .map(|((r, g), b)| gray(*r, *g, *b) as f64)
+                .sum();
             let mean = (sum / n as f64) as f32;
             for v in rs.iter_mut().chain(gs.iter_mut()).chain(bs.iter_mut()) {
                 *v = blend(*v, mean, j.contrast);
@@ -81,7 +86,11 @@ fn adjust(img: &mut [f32], n: usize, op: u8, j: &Jitter) {
         2 => {
             for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
                 let l = gray(*r, *g, *b);
-                (*r, *g, *b) = (blend(*r, l, j.saturation), blend(*g, l, j.saturation), blend(*b, l, j.saturation));
+                (*r, *g, *b) = (
+                    blend(*r, l, j.saturation),
+                    blend(*g, l, j.saturation),
+                    blend(*b, l, j.saturation),
+                );
             }
         }
         _ => {
