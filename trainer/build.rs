@@ -4,7 +4,21 @@
 // under --as-needed and CUDA silently disappears on a GPU machine.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        // csrc/autocast.cpp: the autocast dtype setter tch lacks (for `--amp bf16`), compiled
+        // against the same libtorch headers with torch-sys's flags.
+        let include = std::path::Path::new(&lib).join("../include");
+        let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+        cc::Build::new()
+            .cpp(true)
+            .file("csrc/autocast.cpp")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .warnings(false)
+            .compile("moco_autocast");
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         println!("cargo:rustc-link-search=native={lib}");
         let cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();

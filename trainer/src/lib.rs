@@ -1,6 +1,7 @@
 //! The library behind `moco-train`: data stores, batched augmentations, MoCo v2, linear
 //! evaluation, kNN, figures. The integration tests (`tests/`) drive it against PyTorch.
 
+pub mod amp;
 pub mod augment;
 pub mod bench;
 pub mod data;

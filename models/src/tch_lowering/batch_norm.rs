@@ -78,7 +78,7 @@ impl BatchNorm {
         let mean_split = self.running_mean.repeat([s]);
         let var_split = self.running_var.repeat([s]);
         let y = x
-            .view([-1, c * s, h, w])
+            .reshape([-1, c * s, h, w])
             .batch_norm(
                 Some(&self.weight.repeat([s])),
                 Some(&self.bias.repeat([s])),
@@ -89,7 +89,7 @@ impl BatchNorm {
                 self.spec.eps,
                 true,
             )
-            .view([n, c, h, w]);
+            .reshape([n, c, h, w]);
         tch::no_grad(|| {
             self.running_mean
                 .shallow_clone()
