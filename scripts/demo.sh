@@ -46,6 +46,9 @@ lin_pre=$($train linear --encoder "$out/pretrain/encoder.safetensors" --out "$ou
   --epochs "$LINEAR_EPOCHS" --quiet "${common[@]}" | last)
 $train plot "$out/pretrain" --out "$out/curves.png" --floor "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['top1'])" "$knn_floor")" >/dev/null
 
+first_val=$(find "$DATA/val" -type f \( -name '*.png' -o -name '*.jpg' \) | sort | head -1)
+[ -n "$first_val" ] && $train feature-maps --encoder "$out/pretrain/encoder.safetensors" --image "$first_val" \
+  --out "$out/feature-maps.png" --json >/dev/null
 say "export to ONNX and evaluate with moco-infer"
 cp "$out/pretrain/config.json" "$out/linear/pretrain-config.json"
 $train export --encoder "$out/pretrain/encoder.safetensors" --classifier "$out/linear/classifier.safetensors" \
@@ -68,6 +71,7 @@ cat <<TABLE
 | moco-infer ort | $(pct "$ort" top1) % | $(pct "$ort" top5) % | $(rate "$ort" images_per_sec) | $(same "$out/predictions-ort.csv" "$out/linear/val_predictions.csv") |
 | moco-infer tract | $(pct "$tract" top1) % | $(pct "$tract" top5) % | $(rate "$tract" images_per_sec) | $(same "$out/predictions-tract.csv" "$out/linear/val_predictions.csv") |
 
-Figures: $out/curves.png (loss, lr, kNN vs the floor), $out/augment.png (originals and two views).
+Figures: $out/curves.png (loss, lr, kNN vs the floor), $out/augment.png (originals and two views),
+$out/feature-maps.png (conv1 activations of one val image).
 Model: $out/model.onnx. Total: $(( $(date +%s) - t0 )) s.
 TABLE

@@ -6,6 +6,7 @@ pub mod augment;
 pub mod bench;
 pub mod data;
 pub mod encoder;
+pub mod feature_maps;
 pub mod features;
 pub mod knn;
 pub mod linear;

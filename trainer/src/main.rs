@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
-use trainer::{bench, knn, linear, plot, pretrain, preview};
+use trainer::{bench, feature_maps, knn, linear, plot, pretrain, preview};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,6 +91,8 @@ enum Command {
     Knn(knn::KnnArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
     PreviewAugment(preview::PreviewArgs),
+    /// conv1 activations of one image as a grid (the seed's Figure 4).
+    FeatureMaps(feature_maps::FeatureMapsArgs),
     /// Loss, lr and kNN curves of a run as a PNG.
     Plot(PlotArgs),
     /// Write the embedded default dataset: deterministic 96×96 shape classes (folder layout).
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => report(pretrain::run(&a), a.json),
         Command::Linear(a) => report(linear::run(&a), a.json),
         Command::BenchData(a) => report(bench::run(&a), a.json),
+        Command::FeatureMaps(a) => report(feature_maps::run(&a), a.json),
         Command::Knn(a) => report(knn::run(&a), a.json),
         Command::PreviewAugment(a) => report(preview::run(&a), a.json),
         Command::Plot(a) => {

@@ -270,3 +270,77 @@ fn nchw_batch<'a>(images: impl Iterator<Item = &'a [u8]>, n: usize, size: u32) -
         .permute([0, 3, 1, 2])
         .contiguous()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datasets::layout::Split;
+
+    fn small_dataset(dir: &Path) -> PathBuf {
+        let root = dir.join("data");
+        let cfg = datasets::synth::SynthConfig {
+            classes: 2,
+            train_per_class: 3,
+            val_per_class: 1,
+            unlabeled: 2,
+            seed: 4,
+        };
+        datasets::synth::write_dataset(&root, &cfg, false).unwrap();
+        root
+    }
+
+    #[test]
+    fn store_matches_the_decoder_and_is_rebuilt_when_a_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = small_dataset(tmp.path());
+        let cache = tmp.path().join("cache");
+        let split = datasets::layout::open(&root, Split::Train, None).unwrap();
+        let store = DecodedSplit::open(&split, 96, &cache, false).unwrap();
+        assert_eq!(store.n, 6);
+        for (i, s) in split.samples.iter().enumerate() {
+            let img = datasets::decode::load(&s.source).unwrap();
+            assert_eq!(store.image(i), img.as_raw().as_slice(), "image {i}");
+        }
+        let built = fs::metadata(&store.path).unwrap().modified().unwrap();
+        drop(store);
+        // Reopened unchanged: the same file, not rebuilt.
+        let again = DecodedSplit::open(&split, 96, &cache, false).unwrap();
+        assert_eq!(
+            fs::metadata(&again.path).unwrap().modified().unwrap(),
+            built
+        );
+        drop(again);
+        // One image replaced by another one: the listing's fingerprint changes, the store follows.
+        let ImageSource::File(first) = &split.samples[0].source else {
+            unreachable!()
+        };
+        let ImageSource::File(last) = &split.samples[5].source else {
+            unreachable!()
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::copy(last, first).unwrap();
+        let changed = DecodedSplit::open(&split, 96, &cache, false).unwrap();
+        assert_eq!(changed.image(0), changed.image(5));
+    }
+
+    #[test]
+    fn a_corrupt_image_names_its_file_and_leaves_no_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = small_dataset(tmp.path());
+        let cache = tmp.path().join("cache");
+        let split = datasets::layout::open(&root, Split::Train, None).unwrap();
+        let ImageSource::File(bad) = &split.samples[2].source else {
+            unreachable!()
+        };
+        let bytes = fs::read(bad).unwrap();
+        fs::write(bad, &bytes[..bytes.len() / 2]).unwrap();
+        let split = datasets::layout::open(&root, Split::Train, None).unwrap();
+        let err = DecodedSplit::open(&split, 96, &cache, false).err().unwrap();
+        assert!(
+            format!("{err:#}").contains(&bad.display().to_string()),
+            "{err:#}"
+        );
+        let left: Vec<_> = fs::read_dir(&cache).unwrap().collect();
+        assert!(left.is_empty(), "a partial store was left: {left:?}");
+    }
+}

@@ -1,0 +1,80 @@
+//! `moco-train feature-maps`: the stem's activations (conv1 → BN → ReLU) of one image as a grid,
+//! each channel min-max scaled to grey levels — the seed's Figure 4.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use image::{GrayImage, RgbImage};
+use models::Preprocess;
+use tch::{Device, Kind};
+
+use crate::encoder::Backbone;
+
+#[derive(Args, Debug)]
+pub struct FeatureMapsArgs {
+    /// Backbone (`RUN/encoder.safetensors` or a checkpoint).
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// The image (PNG or JPEG); the eval transform is applied first.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Channels shown (the first N of conv1's 64).
+    #[arg(long, default_value_t = 64)]
+    pub channels: usize,
+    /// Each map is enlarged by this factor (nearest neighbour) for viewing.
+    #[arg(long, default_value_t = 2)]
+    pub scale: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &FeatureMapsArgs) -> Result<serde_json::Value> {
+    let backbone = Backbone::load(&a.encoder, Device::Cpu)?;
+    let pre = Preprocess::default();
+    let img = datasets::decode::decode_file(&a.image)
+        .with_context(|| format!("--image {}", a.image.display()))?;
+    let x = tch::Tensor::from_slice(&datasets::transform::eval_tensor(img, &pre)).view([
+        1,
+        3,
+        pre.crop as i64,
+        pre.crop as i64,
+    ]);
+    let x = crate::features::eval_input(&(x * 255.0), &pre, Device::Cpu);
+    let maps = tch::no_grad(|| backbone.net.stem_activations(&x)).get(0);
+    let (c, h, w) = maps.size3()?;
+    let n = (a.channels.max(1) as i64).min(c);
+    let mut tiles: Vec<RgbImage> = Vec::new();
+    for i in 0..n {
+        let m = maps.get(i);
+        let (lo, hi) = (m.min().double_value(&[]), m.max().double_value(&[]));
+        let scaled = ((m - lo) / (hi - lo).max(1e-12) * 255.0)
+            .to_kind(Kind::Uint8)
+            .contiguous();
+        let g = GrayImage::from_raw(
+            w as u32,
+            h as u32,
+            Vec::<u8>::try_from(scaled.flatten(0, -1))?,
+        )
+        .context("feature map size")?;
+        let g = image::imageops::resize(
+            &g,
+            w as u32 * a.scale,
+            h as u32 * a.scale,
+            image::imageops::FilterType::Nearest,
+        );
+        tiles.push(image::DynamicImage::ImageLuma8(g).to_rgb8());
+    }
+    let cols = (n as f64).sqrt().ceil() as usize;
+    crate::plot::grid(&tiles, cols, &a.out)?;
+    eprintln!(
+        "feature-maps: {n} conv1 maps of {h}×{w} → {}",
+        a.out.display()
+    );
+    Ok(
+        serde_json::json!({"out": a.out.display().to_string(), "channels": n, "height": h, "width": w}),
+    )
+}
