@@ -33,6 +33,22 @@ class TwoCrops:
         return [self.t(x), self.t(x)]
 
 
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def aug_plus(size=96):
+    """moco/main_moco.py's augmentation (aug+), at `size`."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean=MEAN, std=STD),
+    ])
+
+
 class Images(torch.utils.data.Dataset):
     def __init__(self, paths, transform, predecoded):
         self.paths, self.transform = paths, transform
@@ -60,16 +76,7 @@ def main():
     for s in a.splits.split(","):
         for root, _, files in sorted(os.walk(os.path.join(a.data, s))):
             paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith((".png", ".jpg", ".jpeg"))]
-    aug = T.Compose([
-        T.RandomResizedCrop(96, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
-    ds = Images(paths, TwoCrops(aug), a.predecoded)
+    ds = Images(paths, TwoCrops(aug_plus()), a.predecoded)
     dl = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
                                      drop_last=True, persistent_workers=a.workers > 0)
     n, t0 = 0, None

@@ -14,7 +14,7 @@ import torchvision
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from moco_train import features, listing  # noqa: E402
+from moco_train import listing  # noqa: E402
 
 
 def main():
@@ -36,7 +36,7 @@ def main():
         missing, unexpected = net.load_state_dict(load_file(a.encoder), strict=False)
         assert set(missing) == {"fc.weight", "fc.bias"}, missing
     train, val = listing(a.data, "train"), listing(a.data, "val")
-    # features() l2-normalizes for kNN; the linear protocol uses the raw pooled features.
+    # The linear protocol uses the raw pooled features (moco_train.features normalizes for kNN).
     net.fc = nn.Identity()
     net.eval()
     with torch.no_grad():

@@ -12,6 +12,7 @@ INPUT holds q/<name> (initial weights of both encoders), queue, im1_<t>, im2_<t>
 OUTPUT: per step t: loss_<t>, grad_<t>/<name> (query encoder gradients), k_<t>/<name> (key
 encoder after the step), queue_<t>, ptr_<t>.
 """
+import os
 import sys
 
 import torch
@@ -21,28 +22,8 @@ import torchvision
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-
-class SplitBatchNorm(nn.BatchNorm2d):
-    """MoCo demo's SplitBatchNorm (moco/colab notebook), unchanged."""
-
-    def __init__(self, num_features, num_splits, **kw):
-        super().__init__(num_features, **kw)
-        self.num_splits = num_splits
-
-    def forward(self, input):
-        N, C, H, W = input.shape
-        if self.training or not self.track_running_stats:
-            running_mean_split = self.running_mean.repeat(self.num_splits)
-            running_var_split = self.running_var.repeat(self.num_splits)
-            outcome = F.batch_norm(
-                input.view(-1, C * self.num_splits, H, W), running_mean_split, running_var_split,
-                self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
-                True, self.momentum, self.eps).view(N, C, H, W)
-            self.running_mean.data.copy_(running_mean_split.view(self.num_splits, C).mean(dim=0))
-            self.running_var.data.copy_(running_var_split.view(self.num_splits, C).mean(dim=0))
-            return outcome
-        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                            False, self.momentum, self.eps)
+sys.path.insert(0, os.path.dirname(__file__))
+from torchvision_parity import SplitBatchNorm  # noqa: E402  (MoCo demo's layer, one copy)
 
 
 def encoder(arch, bn_splits):

@@ -19,10 +19,9 @@ import torchvision.transforms as T
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_augment import GaussianBlur, TwoCrops  # noqa: E402
+from bench_augment import MEAN, STD, TwoCrops, aug_plus  # noqa: E402
 from moco_reference import MoCo  # noqa: E402
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def listing(root, split):
@@ -94,15 +93,7 @@ def main():
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
     items = listing(a.data, "unlabeled") + listing(a.data, "train")
-    aug = T.Compose([
-        T.RandomResizedCrop(96, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
+    aug = aug_plus()
     dl = torch.utils.data.DataLoader(Files(items, TwoCrops(aug)), batch_size=a.batch_size, shuffle=True,
                                      num_workers=a.workers, drop_last=True, persistent_workers=a.workers > 0)
     model = MoCo(a.arch, a.queue_size, a.moco_momentum, a.temperature, a.bn_splits, False)

@@ -41,7 +41,7 @@ pub struct BenchDataArgs {
 }
 
 pub fn run(a: &BenchDataArgs) -> Result<Value> {
-    crate::pretrain::set_threads(a.threads);
+    crate::threads::set(a.threads);
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
     let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
     let splits: Vec<Split> = data::parse_splits(&a.splits).map_err(anyhow::Error::msg)?;

@@ -99,7 +99,7 @@ pub struct KnnArgs {
 
 pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
     use crate::encoder::Backbone;
-    crate::pretrain::set_threads(a.threads);
+    crate::threads::set(a.threads);
     let device = models::tch_lowering::parse_device(&a.device).map_err(anyhow::Error::msg)?;
     if a.k == 0 {
         bail!("--k must be at least 1");

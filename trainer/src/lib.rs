@@ -17,3 +17,4 @@ pub mod pretrain;
 pub mod preview;
 pub mod progress;
 pub mod rng;
+pub mod threads;

@@ -128,7 +128,7 @@ fn save_classifier(
 }
 
 pub fn run(a: &LinearArgs) -> Result<Value> {
-    crate::pretrain::set_threads(a.threads);
+    crate::threads::set(a.threads);
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
     if a.epochs == 0 || a.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");

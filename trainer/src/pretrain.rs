@@ -159,22 +159,6 @@ fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usi
     })
 }
 
-/// `--threads`: libtorch's intra-op pool, and once per process its inter-op pool and rayon's
-/// global pool (libtorch refuses a second inter-op setting, rayon a second global pool).
-pub fn set_threads(threads: Option<i32>) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    if let Some(t) = threads {
-        let t = t.max(1);
-        tch::set_num_threads(t);
-        ONCE.call_once(|| {
-            tch::set_num_interop_threads(t);
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(t as usize)
-                .build_global();
-        });
-    }
-}
-
 pub struct KnnMonitor {
     pub bank: DecodedSplit,
     pub query: DecodedSplit,
@@ -217,7 +201,7 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
-    set_threads(a.threads);
+    crate::threads::set(a.threads);
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
     if a.amp != Amp::Off && !device.is_cuda() {
         bail!(
