@@ -9,6 +9,20 @@ req="$root/scripts/requirements.txt"
 stamp="$venv/.moco-setup-stamp"
 want="$(cat "$req" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 
+# Gloo's headers, for distributed pretraining: trainer/build.rs compiles csrc/dist.cpp against
+# them and the wheel's c10d (Debian's libgloo-dev; the library itself is not linked, libtorch
+# carries its own Gloo).
+if [ ! -f /usr/include/gloo/config.h ] && [ ! -f /usr/local/include/gloo/config.h ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing libgloo-dev (Gloo headers for distributed pretraining)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q libgloo-dev >&2 || { apt-get update -q >&2 && apt-get install -y -q libgloo-dev >&2; }
+  else
+    echo "setup: warning: no Gloo headers and no root to install libgloo-dev: moco-train will" \
+      "build without distributed pretraining (its tests fail)" >&2
+  fi
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python3" ]; then
   exit 0
 fi

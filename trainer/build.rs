@@ -5,6 +5,10 @@
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo::rustc-check-cfg=cfg(moco_gloo)");
+    // Rebuild with distributed support once libgloo-dev appears.
+    println!("cargo:rerun-if-changed=/usr/include/gloo/config.h");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         // csrc/autocast.cpp: the autocast dtype setter tch lacks (for `--amp bf16`), compiled
         // against the same libtorch headers with torch-sys's flags.
@@ -19,6 +23,32 @@ fn main() {
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .warnings(false)
             .compile("moco_autocast");
+        // csrc/dist.cpp: c10d's TCPStore + ProcessGroupGloo (distributed pretraining). The wheel
+        // ships the c10d headers and symbols (in libtorch_cpu); Gloo's headers come from Debian's
+        // libgloo-dev (scripts/setup.sh installs it). Without them moco-train builds without
+        // distributed support and says so when asked for more than one rank.
+        let gloo = ["/usr/include", "/usr/local/include"]
+            .iter()
+            .map(std::path::Path::new)
+            .find(|d| d.join("gloo/config.h").exists());
+        if let Some(gloo) = gloo {
+            cc::Build::new()
+                .cpp(true)
+                .file("csrc/dist.cpp")
+                .include(&include)
+                .include(include.join("torch/csrc/api/include"))
+                .include(gloo)
+                .define("USE_C10D_GLOO", None)
+                .flag("-std=c++17")
+                .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+                .warnings(false)
+                .compile("moco_dist");
+            println!("cargo:rustc-cfg=moco_gloo");
+            println!("cargo:rustc-link-arg=-ltorch_cpu");
+            println!("cargo:rustc-link-arg=-lc10");
+        } else {
+            println!("cargo:warning=Gloo headers not found (apt-get install libgloo-dev): building without distributed pretraining");
+        }
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         println!("cargo:rustc-link-search=native={lib}");
         let cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();

@@ -11,10 +11,23 @@ use image::RgbImage;
 use crate::error::{DataError, Result};
 use crate::layout::{ImageSource, STL10_IMAGE_BYTES};
 
+/// Largest side accepted: far above any dataset this tool is for, and small enough that a file
+/// that claims a huge size is refused before anything is allocated for it.
+pub const MAX_SIDE: u32 = 8192;
+/// The decoder's allocation ceiling (an 8192² RGBA 16-bit image fits).
+const MAX_ALLOC: u64 = 640 << 20;
+
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let format =
         image::guess_format(bytes).map_err(|_| DataError::file(path, "not a PNG or JPEG image"))?;
-    let img = image::load_from_memory_with_format(bytes, format)
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let img = reader
+        .decode()
         .map_err(|e| DataError::file(path, format!("cannot decode image: {e}")))?;
     Ok(img.into_rgb8())
 }

@@ -1,7 +1,6 @@
 //! The predictions CSV (SPEC): `image,prediction,label`, one row per image in dataset order,
 //! label empty when unknown; written to a temp file and renamed, so no partial CSV is left.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use datasets::SplitData;
@@ -25,15 +24,9 @@ pub fn render(data: &SplitData, preds: &[Prediction]) -> String {
 
 /// Checks up front that the CSV can be written (before minutes of inference).
 pub fn check_writable(path: &Path) -> Result<PathBuf, InferError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let probe = dir.join(format!(".moco-infer-probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|mut f| f.write_all(b""))
+    let dir = models::weights::parent_dir(path);
+    models::weights::check_dir_writable(&dir)
         .map_err(|e| InferError::Usage(format!("--predictions {}: {e}", path.display())))?;
-    let _ = std::fs::remove_file(&probe);
     Ok(dir)
 }
 

@@ -1,7 +1,10 @@
-"""MoCo's linear protocol in PyTorch (main_lincls.py), in its cached-feature form: the reference
-for `moco-train linear --fast`. Frozen torchvision backbone in eval mode, features of the eval
-transform computed once, fc initialised N(0, 0.01) / 0, SGD lr 30 momentum 0.9 no weight decay,
-batch 256, x0.1 at the milestones, top-1 on val after the last epoch. One JSON line out.
+"""MoCo's linear protocol in PyTorch (main_lincls.py): the reference for `moco-train linear`.
+Frozen torchvision backbone in eval mode, fc initialised N(0, 0.01) / 0, SGD lr 30 momentum 0.9
+no weight decay, batch 256, x0.1 at the milestones, top-1 on val after the last epoch. Default:
+the cached-feature form (`--fast` in Rust: eval-transform features computed once). `--augment`:
+the full protocol, RandomResizedCrop + flip drawn every epoch through the frozen backbone.
+`--save-random-init FILE` writes torchvision's random init as a backbone both sides can load.
+One JSON line out.
 """
 import argparse
 import json
@@ -28,10 +31,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--save-random-init")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     net = getattr(torchvision.models, a.arch)()
+    if a.save_random_init:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("fc.")},
+                  a.save_random_init)
+        print(json.dumps({"out": a.save_random_init}))
+        return
     if a.encoder:
         missing, unexpected = net.load_state_dict(load_file(a.encoder), strict=False)
         assert set(missing) == {"fc.weight", "fc.bias"}, missing
@@ -47,27 +58,51 @@ def main():
             from PIL import Image
             t = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
             return torch.cat([net(torch.stack([t(Image.open(p).convert("RGB")) for p, _ in b])) for b in dl])
-        ft, fv = raw(train), raw(val)
+        ft = None if a.augment else raw(train)
+        fv = raw(val)
     yt = torch.tensor([y for _, y in train])
     yv = torch.tensor([y for _, y in val])
-    fc = nn.Linear(ft.shape[1], int(yt.max()) + 1)
+    fc = nn.Linear(fv.shape[1], int(yt.max()) + 1)
     fc.weight.data.normal_(0, 0.01)
     fc.bias.data.zero_()
     opt = torch.optim.SGD(fc.parameters(), a.lr, momentum=0.9, weight_decay=0.0)
     milestones = [int(m) for m in a.milestones.split(",") if m]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
+    if a.augment:
+        import torchvision.transforms as T
+        from PIL import Image
+        tt = T.Compose([T.RandomResizedCrop(96), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+        class Train(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(train)
+
+            def __getitem__(self, i):
+                p, y = train[i]
+                return tt(Image.open(p).convert("RGB")), y
+        loader = torch.utils.data.DataLoader(Train(), batch_size=a.batch_size, shuffle=True)
     for _ in range(a.epochs):
-        perm = torch.randperm(len(yt))
-        for i in range(0, len(yt), a.batch_size):
-            idx = perm[i:i + a.batch_size]
-            loss = nn.functional.cross_entropy(fc(ft[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        if a.augment:
+            for x, y in loader:
+                with torch.no_grad():
+                    f = net(x)
+                loss = nn.functional.cross_entropy(fc(f), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        else:
+            perm = torch.randperm(len(yt))
+            for i in range(0, len(yt), a.batch_size):
+                idx = perm[i:i + a.batch_size]
+                loss = nn.functional.cross_entropy(fc(ft[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         sched.step()
     with torch.no_grad():
         top1 = (fc(fv).argmax(1) == yv).float().mean().item()
-    print(json.dumps({"top1": top1, "n": len(yv), "epochs": a.epochs}))
+    print(json.dumps({"top1": top1, "n": len(yv), "epochs": a.epochs, "augment": a.augment}))
 
 
 if __name__ == "__main__":

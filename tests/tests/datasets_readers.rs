@@ -57,6 +57,30 @@ fn pt_label_reader_reads_torch_save_and_refuses_the_rest() {
     assert!(err(read_label_tensor(&d.join("absent.pt"))).contains("absent.pt"));
 }
 
+/// merge-labels extends `train_label_tensor.pt`: what Rust writes, torch.load reads unchanged
+/// (and so does our reader), for the small, two-byte, four-byte and eight-byte integer encodings.
+#[test]
+fn written_label_tensors_load_in_torch() {
+    let dir = tempfile::tempdir().unwrap();
+    for labels in [
+        vec![],
+        vec![3, 1, 4, 1, 5, 799],
+        (0..70_000).map(|i| i % 800).collect::<Vec<i64>>(),
+        vec![0, -1, i64::MAX, 1 << 40],
+    ] {
+        let p = dir.path().join(format!("w{}.pt", labels.len()));
+        datasets::pt_labels::write_label_tensor(&p, &labels).unwrap();
+        assert_eq!(read_label_tensor(&p).unwrap(), labels);
+        let out = run_script("read_labels.py", &[p.to_str().unwrap()]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+        assert_eq!(v["dtype"], "torch.int64");
+        assert_eq!(v["shape"], serde_json::json!([labels.len()]));
+        let got: Vec<i64> = serde_json::from_value(v["values"].clone()).unwrap();
+        assert_eq!(got, labels);
+    }
+}
+
 fn competition(d: &Path, n_train: usize, labels: &[&str]) {
     fs::create_dir_all(d.join("train")).unwrap();
     for i in 0..n_train {

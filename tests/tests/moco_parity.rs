@@ -148,11 +148,13 @@ fn run_rust(cfg: MocoConfig, inp: &Inputs, kind: Kind) -> BTreeMap<String, Tenso
     let mut rec = BTreeMap::new();
     for s in 0..STEPS {
         opt.zero_grad();
-        let out = moco.forward(
-            &inp.im1[s].to_kind(kind),
-            &inp.im2[s].to_kind(kind),
-            &inp.perms[s],
-        );
+        let out = moco
+            .forward(
+                &inp.im1[s].to_kind(kind),
+                &inp.im2[s].to_kind(kind),
+                &inp.perms[s],
+            )
+            .unwrap();
         out.loss.backward();
         rec.insert(format!("loss_{s}"), out.loss.detach().reshape([1]));
         for (name, p) in &opt.params {

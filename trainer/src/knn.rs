@@ -13,19 +13,16 @@ pub struct KnnResult {
     pub predictions: Vec<i64>,
 }
 
-/// Weighted kNN over `bank` (features `[B,D]`, labels `[B]`) for `queries` `[Q,D]`.
-pub fn classify(
+/// Class votes `[Q, C]` of weighted kNN: the `k` most similar bank rows (cosine) vote for their
+/// label with weight exp(sim/T).
+pub fn votes(
     bank: &Tensor,
     bank_labels: &Tensor,
     queries: &Tensor,
-    query_labels: &Tensor,
     classes: usize,
     k: usize,
     t: f64,
-) -> Result<KnnResult> {
-    if bank_labels.size()[0] == 0 || queries.size()[0] == 0 {
-        bail!("kNN needs a non-empty bank and query set");
-    }
+) -> Tensor {
     let k = (k as i64).min(bank.size()[0]);
     let bank = crate::moco::model::normalize(bank);
     let queries = crate::moco::model::normalize(queries);
@@ -48,7 +45,23 @@ pub fn classify(
             ));
         }
     });
-    let scores = Tensor::cat(&scores, 0);
+    Tensor::cat(&scores, 0)
+}
+
+/// Weighted kNN over `bank` (features `[B,D]`, labels `[B]`) for `queries` `[Q,D]`.
+pub fn classify(
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    queries: &Tensor,
+    query_labels: &Tensor,
+    classes: usize,
+    k: usize,
+    t: f64,
+) -> Result<KnnResult> {
+    if bank_labels.size()[0] == 0 || queries.size()[0] == 0 {
+        bail!("kNN needs a non-empty bank and query set");
+    }
+    let scores = votes(bank, bank_labels, queries, classes, k, t);
     let (top1, top5) = top1_top5(&scores, query_labels);
     let predictions = Vec::<i64>::try_from(scores.argmax(1, false).to_device(tch::Device::Cpu))?;
     Ok(KnnResult {

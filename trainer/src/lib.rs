@@ -4,12 +4,16 @@
 pub mod amp;
 pub mod augment;
 pub mod bench;
+pub mod crash_points;
 pub mod data;
+pub mod dist;
 pub mod encoder;
 pub mod feature_maps;
 pub mod features;
 pub mod knn;
+pub mod label_request;
 pub mod linear;
+pub mod merge_labels;
 pub mod metrics;
 pub mod moco;
 pub mod plot;

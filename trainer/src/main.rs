@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
-use trainer::{bench, feature_maps, knn, linear, plot, pretrain, preview};
+use trainer::{
+    bench, feature_maps, knn, label_request, linear, merge_labels, plot, pretrain, preview,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,6 +91,11 @@ enum Command {
     Linear(linear::LinearArgs),
     /// Weighted kNN accuracy of a frozen backbone (k=200, T=0.1 by default).
     Knn(knn::KnnArgs),
+    /// Choose unlabeled images to send for labeling (uncertainty, contrastive loss, diversity,
+    /// class balance): a ranked CSV and the predicted class balance.
+    LabelRequest(label_request::LabelRequestArgs),
+    /// A new dataset root: the old one plus the returned labels of a request.
+    MergeLabels(merge_labels::MergeLabelsArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
     PreviewAugment(preview::PreviewArgs),
     /// conv1 activations of one image as a grid (the seed's Figure 4).
@@ -118,11 +125,14 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Pretrain(a) if a.nproc > 1 => pretrain::launch_local(&a),
         Command::Pretrain(a) => report(pretrain::run(&a), a.json),
         Command::Linear(a) => report(linear::run(&a), a.json),
         Command::BenchData(a) => report(bench::run(&a), a.json),
         Command::FeatureMaps(a) => report(feature_maps::run(&a), a.json),
         Command::Knn(a) => report(knn::run(&a), a.json),
+        Command::LabelRequest(a) => report(label_request::run(&a), a.json),
+        Command::MergeLabels(a) => report(merge_labels::run(&a), a.json),
         Command::PreviewAugment(a) => report(preview::run(&a), a.json),
         Command::Plot(a) => {
             let out = a.out.clone().unwrap_or_else(|| a.run.join("curves.png"));
@@ -141,6 +151,7 @@ fn main() -> ExitCode {
                     "cudnn_available": tch::Cuda::cudnn_is_available(),
                     "has_cuda_build": tch::utils::has_cuda(),
                     "threads": tch::get_num_threads(),
+                    "distributed_gloo": cfg!(moco_gloo),
                 })
             );
             Ok(())

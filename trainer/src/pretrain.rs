@@ -3,7 +3,8 @@
 //! exact resume, metrics.jsonl, the kNN monitor, and the backbone saved with torchvision names.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -16,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::{self, DecodedSplit, ImageBank};
+use crate::dist::{Dist, DistEnv};
 use crate::features;
 use crate::knn;
 use crate::metrics::MetricsLog;
@@ -125,6 +127,14 @@ pub struct PretrainArgs {
     /// Keep NCHW on CUDA (channels_last is the default there: faster convolutions on tensor cores).
     #[arg(long)]
     pub no_channels_last: bool,
+    /// Start N local ranks (data-parallel over c10d/Gloo, as torchrun would); the global batch
+    /// is --batch-size, each rank takes 1/N of it. Under torchrun-style variables (RANK,
+    /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) this process is one of the ranks.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// Seconds a rank waits for the rendezvous or for a collective before giving up.
+    #[arg(long, default_value_t = 1800)]
+    pub dist_timeout: u64,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -190,19 +200,130 @@ fn params_finite(opt: &Sgd) -> bool {
     })
 }
 
+/// BN running statistics are per rank (each sees its own groups); their mean over ranks is
+/// exactly what one process with all the groups holds (the update is linear), so checkpoints
+/// store the mean and every rank continues from it.
+fn average_buffers(d: &Dist, moco: &Moco) -> Result<()> {
+    for mut t in sorted_variables(moco) {
+        if !t.requires_grad() {
+            d.average(&mut t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Both encoders' variables in one order on every rank (collectives pair up by position;
+/// a VarStore's map has none).
+fn sorted_variables(moco: &Moco) -> Vec<Tensor> {
+    let mut v: Vec<(String, Tensor)> = moco
+        .vs_q
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("q/{n}"), t))
+        .chain(
+            moco.vs_k
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (format!("k/{n}"), t)),
+        )
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `pretrain --nproc N`: N copies of this command as ranks 0..N on this machine (torchrun's
+/// variables, a free loopback port). Rank 0's stdout is this process's; when a rank fails the
+/// others are stopped and its exit is reported.
+pub fn launch_local(a: &PretrainArgs) -> Result<()> {
+    use std::process::{Command, Stdio};
+    if DistEnv::from_env()?.is_some() {
+        bail!(
+            "--nproc {}: WORLD_SIZE is already set (launched by torchrun?); use one launcher",
+            a.nproc
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("--nproc: no free loopback port")?
+        .port();
+    let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args_os().skip(1) {
+        let s = arg.to_string_lossy();
+        if skip {
+            skip = false;
+        } else if s == "--nproc" {
+            skip = true;
+        } else if !s.starts_with("--nproc=") {
+            args.push(arg);
+        }
+    }
+    let mut children = Vec::new();
+    for rank in 0..a.nproc {
+        let child = Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", a.nproc.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(if rank == 0 {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
+        children.push(Some(child));
+    }
+    let mut failed: Option<String> = None;
+    while children.iter().any(Option::is_some) {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                *slot = None;
+                if !status.success() && failed.is_none() {
+                    failed = Some(format!("rank {rank} of {} exited with {status}", a.nproc));
+                }
+            }
+        }
+        if failed.is_some() {
+            for c in children.iter_mut().flatten() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match failed {
+        Some(f) => bail!("pretrain --nproc: {f}; the other ranks were stopped"),
+        None => Ok(()),
+    }
+}
+
 fn check_writable(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create", out.display()))?;
-    let probe = out.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("--out {}: not writable", out.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    models::weights::check_dir_writable(out)
+        .with_context(|| format!("--out {}: not writable", out.display()))
 }
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
     crate::threads::set(a.threads);
-    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let dist = match DistEnv::from_env()? {
+        Some(env) => Some(Rc::new(Dist::init(
+            &env,
+            Duration::from_secs(a.dist_timeout),
+        )?)),
+        None => None,
+    };
+    let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
+    let lead = rank == 0;
+    let mut device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    if let (Device::Cuda(0), Some(env)) = (device, DistEnv::from_env()?) {
+        device = Device::Cuda(env.local_rank);
+    }
     if a.amp != Amp::Off && !device.is_cuda() {
         bail!(
             "--amp {:?}: mixed precision runs on CUDA only (use --amp off on CPU)",
@@ -219,6 +340,14 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             a.bn_splits
         );
     }
+    if !a.batch_size.is_multiple_of(world) || a.bn_splits % world as i64 != 0 {
+        bail!(
+            "--batch-size {} and --bn-splits {} must be multiples of the world size {world} \
+             (each rank takes an equal share of the batch and of its BN groups)",
+            a.batch_size,
+            a.bn_splits
+        );
+    }
     let keys_per_step = a.batch_size as i64 * if a.symmetric { 2 } else { 1 };
     if a.queue_size <= 0 || a.queue_size % keys_per_step != 0 {
         bail!(
@@ -226,13 +355,22 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             a.queue_size
         );
     }
-    check_writable(&a.out)?;
-    let progress = !a.quiet && !a.json;
+    if lead {
+        check_writable(&a.out)?;
+    }
+    let progress = !a.quiet && !a.json && lead;
     let cache_dir = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
     let splits = data::parse_splits(&a.splits).map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
-    let bank = ImageBank::new(data::open_splits(
-        &a.data, &splits, a.format, a.size, &cache_dir, progress,
-    )?);
+    // The lead rank builds the decoded stores; the others open them once they exist.
+    let open_bank = || data::open_splits(&a.data, &splits, a.format, a.size, &cache_dir, progress);
+    let first = if lead { Some(open_bank()) } else { None };
+    if let Some(d) = &dist {
+        d.barrier()?;
+    }
+    let bank = ImageBank::new(match first {
+        Some(r) => r?,
+        None => open_bank()?,
+    });
     let n = bank.len();
     if a.batch_size > n {
         bail!(
@@ -246,7 +384,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         bail!("--steps/--epochs: nothing to train");
     }
 
-    let knn = if a.no_knn {
+    let knn = if a.no_knn || !lead {
         None
     } else {
         let root = a.knn_data.as_ref().unwrap_or(&a.data);
@@ -299,11 +437,19 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         queue_size: a.queue_size,
         momentum: a.moco_momentum,
         temperature: a.temperature,
-        bn_splits: a.bn_splits,
+        bn_splits: a.bn_splits / world as i64,
         symmetric: a.symmetric,
         fault: Default::default(),
     };
     let mut moco = Moco::new(cfg, device);
+    if let Some(d) = &dist {
+        // Every rank starts from rank 0's weights and queue, as DDP does.
+        for mut t in sorted_variables(&moco) {
+            tch::no_grad(|| d.broadcast(&mut t, 0))?;
+        }
+        d.broadcast(&mut moco.queue, 0)?;
+        moco.dist = Some(d.clone());
+    }
     let mut opt = Sgd::new(moco.parameters(), a.sgd_momentum, a.weight_decay);
     let schedule = Schedule {
         base_lr: a.lr,
@@ -317,6 +463,14 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     let mut start = 0u64;
     if a.resume {
         if let Some((path, map, state)) = checkpoint::latest_good(&a.out) {
+            if state.world_size != world {
+                bail!(
+                    "--resume: {} was written by {} rank(s), this run has {world}; resume \
+                     with the same world size",
+                    path.display(),
+                    state.world_size
+                );
+            }
             if state.config != algo {
                 bail!(
                     "--resume: {} was written by a run with another configuration (arch, data, \
@@ -327,7 +481,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             checkpoint::restore(&path, &map, &state, &mut moco, &mut opt)?;
             scaler = state.scaler.clone();
             start = state.step;
-            eprintln!("pretrain: resumed from {} (step {start})", path.display());
+            if lead {
+                eprintln!("pretrain: resumed from {} (step {start})", path.display());
+            }
         }
     }
     let channels_last = device.is_cuda() && !a.no_channels_last;
@@ -341,11 +497,15 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             crate::amp::make_channels_last(&mut t)?;
         }
     }
-    models::weights::write_atomic(
-        &a.out.join("config.json"),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    let mut log = MetricsLog::open(&a.out.join("metrics.jsonl"), Some(start))?;
+    let mut log = if lead {
+        models::weights::write_atomic(
+            &a.out.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        Some(MetricsLog::open(&a.out.join("metrics.jsonl"), Some(start))?)
+    } else {
+        None
+    };
 
     let aug = Augmenter::new(aug_cfg, &Preprocess::default(), device);
     let bar = crate::progress::bar(total, "pretrain", progress);
@@ -362,11 +522,15 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             ptr: moco.ptr,
             scaler: scaler.clone(),
             config: algo.clone(),
+            world_size: world,
         };
         checkpoint::save(&a.out, moco, opt, &state)
     };
+    // This rank's share of each global batch (strided: see `dist::share`).
+    let mine = |batch: &[_]| crate::dist::share(batch, rank, world);
 
     for step in start..total {
+        crate::crash_points::at_step(step);
         let epoch = step / steps_per_epoch;
         if order.0 != epoch {
             order = (
@@ -375,15 +539,17 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             );
         }
         let pos = (step % steps_per_epoch) as usize * a.batch_size;
-        let idx: Vec<usize> = order.1[pos..pos + a.batch_size]
+        let idx: Vec<usize> = mine(&order.1[pos..pos + a.batch_size])
             .iter()
             .map(|&i| i as usize)
             .collect();
         let images = bank.batch(&idx).to_device(device);
+        // Every rank draws the whole batch's views and keeps its share: any world size sees the
+        // same augmentations.
         let mut rng = stream(a.seed, Purpose::Augment, step);
-        let (s, b) = (a.size, a.batch_size);
-        let p1 = aug.draw(&mut rng, b, s, s);
-        let p2 = aug.draw(&mut rng, b, s, s);
+        let s = a.size;
+        let p1 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
+        let p2 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
         let (mut im1, mut im2) = (aug.views(&images, &p1), aug.views(&images, &p2));
         if channels_last {
             crate::amp::make_channels_last(&mut im1)?;
@@ -391,22 +557,23 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         }
         let mut prng = stream(a.seed, Purpose::ShuffleBn, step);
         let perms: Vec<Vec<i64>> = (0..if a.symmetric { 2 } else { 1 })
-            .map(|_| permutation(&mut prng, b))
+            .map(|_| permutation(&mut prng, a.batch_size))
             .collect();
         let lr = schedule.lr(step);
 
         opt.zero_grad();
-        let out = tch::autocast(a.amp != Amp::Off, || moco.forward(&im1, &im2, &perms));
+        let out = tch::autocast(a.amp != Amp::Off, || moco.forward(&im1, &im2, &perms))?;
         let loss = out.loss.to_kind(Kind::Float);
+        let scale = scaler.as_ref().map_or(1.0, |sc| sc.scale);
+        (&loss * scale).backward();
+        if let Some(d) = &dist {
+            // The global batch's mean loss: the mean of the ranks' gradients.
+            let params: Vec<Tensor> = opt.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+            d.average_gradients(&params)?;
+        }
         let take = match &mut scaler {
-            Some(sc) => {
-                (&loss * sc.scale).backward();
-                sc.unscale_and_check(&mut opt)
-            }
-            None => {
-                loss.backward();
-                true
-            }
+            Some(sc) => sc.unscale_and_check(&mut opt),
+            None => true,
         };
         if take {
             opt.step(lr);
@@ -422,6 +589,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         if done % a.log_every.max(1) == 0 || checkpoint_now || end_of_epoch {
             // The only host synchronisation: the mean loss of the interval, checked for NaN/inf
             // before anything is logged or checkpointed.
+            if let Some(d) = &dist {
+                d.average(&mut loss_sum)?;
+            }
             let mean = loss_sum.double_value(&[]) / interval.0 as f64;
             if !mean.is_finite() {
                 bar.abandon();
@@ -443,6 +613,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
                 && a.knn_every > 0
                 && (done / steps_per_epoch).is_multiple_of(a.knn_every);
             if let Some(m) = knn.as_ref().filter(|_| knn_due || done == total) {
+                // Only the lead rank has a monitor; the others wait in their next collective.
                 let top1 = m.evaluate(&moco.q.backbone, device)?;
                 rec["knn_top1"] = json!(top1);
                 last_knn = Some(top1);
@@ -450,7 +621,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             if let Some(sc) = &scaler {
                 rec["loss_scale"] = json!(sc.scale);
             }
-            log.write(&rec)?;
+            if let Some(log) = log.as_mut() {
+                log.write(&rec)?;
+            }
             bar.set_message(format!("pretrain loss {mean:.4} lr {lr:.4} {ips:.1} img/s"));
             loss_sum = Tensor::zeros([], (Kind::Float, device));
             interval = (0, Instant::now());
@@ -464,12 +637,24 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
                         checkpoint::dir(&a.out).display()
                     );
                 }
-                save(&moco, &opt, &scaler, done)?;
+                if let Some(d) = &dist {
+                    average_buffers(d, &moco)?;
+                }
+                if lead {
+                    save(&moco, &opt, &scaler, done)?;
+                }
             }
         }
         bar.set_position(done);
     }
     bar.finish_and_clear();
+    if let Some(d) = &dist {
+        // Nobody leaves while a peer may still be in a collective.
+        d.barrier()?;
+        if !lead {
+            return Ok(json!({"rank": rank, "steps": total}));
+        }
+    }
 
     let backbone = to_tensor_map(&moco.vs_q.variables(), |name| !name.starts_with("fc."));
     let mut encoder = backbone;

@@ -19,3 +19,11 @@ pub fn bar(len: u64, message: &str, visible: bool) -> ProgressBar {
     bar.set_message(message.to_string());
     bar
 }
+
+/// For work of unknown length: a count and a rate.
+pub fn counter(message: &str, visible: bool) -> ProgressBar {
+    let bar = bar(0, message, visible);
+    bar.set_length(u64::MAX);
+    bar.set_style(ProgressStyle::with_template("{msg} {pos} {per_sec}").expect("static template"));
+    bar
+}

@@ -136,3 +136,28 @@ impl Augmenter {
         self.chunked(images, p, true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// A rank computes its share of the batch's views alone: the result must not depend on which
+    /// other images share the call (data-parallel runs rely on it).
+    #[test]
+    fn views_do_not_depend_on_the_rest_of_the_batch() {
+        let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
+        let images = Tensor::randint(256, [40, 3, 40, 40], (Kind::Uint8, Device::Cpu));
+        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3), 40, 40, 40);
+        let whole = aug.views(&images, &p);
+        let parts = Tensor::cat(
+            &[
+                aug.views(&images.narrow(0, 0, 20), &p[..20]),
+                aug.views(&images.narrow(0, 20, 20), &p[20..]),
+            ],
+            0,
+        );
+        let d = (whole - parts).abs().max().double_value(&[]);
+        assert!(d < 1e-6, "views differ by {d}");
+    }
+}

@@ -30,6 +30,13 @@ pub struct State {
     pub scaler: Option<LossScaler>,
     /// The algorithm part of config.json: a resume with different values is refused.
     pub config: serde_json::Value,
+    /// Ranks that wrote it: a resume must use as many (the data shards depend on it).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn digest(map: &TensorMap) -> String {
@@ -75,7 +82,12 @@ pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf
     let d = dir(run);
     fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
     let path = file_for(run, state.step);
-    map.save(&path)?;
+    let bytes = map
+        .to_bytes()
+        .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+    models::weights::write_atomic_with(&path, &bytes, |stage| {
+        crate::crash_points::at_checkpoint_stage(stage, state.step)
+    })?;
     prune(run)?;
     Ok(path)
 }
@@ -124,8 +136,10 @@ pub fn read(path: &Path) -> Result<(TensorMap, State)> {
     Ok((map, state))
 }
 
-/// The newest checkpoint that reads and verifies; corrupt ones are reported and skipped.
+/// The newest checkpoint that reads and verifies; corrupt ones are reported and skipped. Temp
+/// files of a writer that was killed are removed first.
 pub fn latest_good(run: &Path) -> Option<(PathBuf, TensorMap, State)> {
+    models::weights::remove_stale_temps(&dir(run));
     for path in list(run) {
         match read(&path) {
             Ok((map, state)) => return Some((path, map, state)),

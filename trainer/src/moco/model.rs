@@ -2,6 +2,7 @@
 //! it by momentum, and a queue of past keys as negatives — the official `moco/builder.py`, with
 //! the single-device shuffle BN of MoCo's demo (`SplitBatchNorm` + shuffled key batch).
 
+use anyhow::Result;
 use models::tch_lowering::{MlpHeadModule, ResNet};
 use models::{Arch, MlpHead, ResNetDesc, MOCO_DIM};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,9 @@ pub struct Moco {
     pub ptr: i64,
     /// Trainable parameters, paired by name: (name, query, key).
     pairs: Vec<(String, Tensor, Tensor)>,
+    /// Data-parallel ranks: keys are shuffled across all of them (shuffle BN as the official
+    /// MoCo: gather the key images, run this rank's slice of the shuffled batch, gather the keys).
+    pub dist: Option<std::rc::Rc<crate::dist::Dist>>,
 }
 
 /// One contrastive step's outputs: the loss (a graph to backpropagate) and the keys enqueued.
@@ -107,6 +111,7 @@ impl Moco {
             queue,
             ptr: 0,
             pairs: Vec::new(),
+            dist: None,
         };
         moco.pair_parameters();
         moco
@@ -145,27 +150,47 @@ impl Moco {
 
     /// Keys of `im_k` from the key encoder, the batch shuffled by `perm` before it and put back
     /// after (shuffle BN: no sub-batch sees the same images in the query and key encoders).
-    fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Tensor {
+    /// Returns this rank's keys and the whole batch's (the same on one process). Across ranks
+    /// `perm` runs over the global batch, so the BN groups are those of one process with
+    /// `--bn-splits` groups; every rank draws the same `perm` from the (seed, step) stream.
+    fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
         tch::no_grad(|| {
             let device = im_k.device();
             let idx = Tensor::from_slice(perm).to(device);
-            let k = self.k.embed(&im_k.index_select(0, &idx), true);
-            if self.cfg.fault == Fault::NoUnshuffle {
-                return k;
+            let unshuffle = |k: Tensor| {
+                if self.cfg.fault == Fault::NoUnshuffle {
+                    k
+                } else {
+                    k.index_select(0, &idx.argsort(0, false))
+                }
+            };
+            match &self.dist {
+                None => {
+                    let k = unshuffle(self.k.embed(&im_k.index_select(0, &idx), true));
+                    Ok((k.shallow_clone(), k))
+                }
+                Some(d) => {
+                    use crate::dist::{interleave, share_tensor};
+                    let all = interleave(&d.all_gather(im_k)?, d.world);
+                    let mine = share_tensor(&all.index_select(0, &idx), d.rank, d.world);
+                    let k = self.k.embed(&mine, true);
+                    let k = unshuffle(interleave(&d.all_gather(&k)?, d.world));
+                    Ok((share_tensor(&k, d.rank, d.world), k))
+                }
             }
-            k.index_select(0, &idx.argsort(0, false))
         })
     }
 
-    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> (Tensor, Tensor) {
+    /// The loss of queries `im_q` against keys of `im_k`, and the whole batch's keys.
+    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
         let q = self.q.embed(im_q, true);
         if self.cfg.fault == Fault::MomentumAfterKeys {
-            let k = self.keys(im_k, perm);
+            let (k, all) = self.keys(im_k, perm)?;
             self.momentum_update();
-            return (self.info_nce(&q, &k), k);
+            return Ok((self.info_nce(&q, &k), all));
         }
-        let k = self.keys(im_k, perm);
-        (self.info_nce(&q, &k), k)
+        let (k, all) = self.keys(im_k, perm)?;
+        Ok((self.info_nce(&q, &k), all))
     }
 
     /// Cross entropy over [l_pos, l_neg]/T with the positive at index 0.
@@ -181,20 +206,20 @@ impl Moco {
     /// The forward of one training step on two views. `perms` holds one shuffle permutation
     /// (two with the symmetric loss). The momentum update comes first, as in the official code:
     /// the key encoder follows the query encoder as it was after the previous SGD step.
-    pub fn forward(&self, im1: &Tensor, im2: &Tensor, perms: &[Vec<i64>]) -> StepOut {
+    pub fn forward(&self, im1: &Tensor, im2: &Tensor, perms: &[Vec<i64>]) -> Result<StepOut> {
         if self.cfg.fault != Fault::MomentumAfterKeys {
             self.momentum_update();
         }
         if self.cfg.symmetric {
-            let (l12, k2) = self.contrastive(im1, im2, &perms[0]);
-            let (l21, k1) = self.contrastive(im2, im1, &perms[1]);
-            StepOut {
+            let (l12, k2) = self.contrastive(im1, im2, &perms[0])?;
+            let (l21, k1) = self.contrastive(im2, im1, &perms[1])?;
+            Ok(StepOut {
                 loss: l12 + l21,
                 keys: Tensor::cat(&[k1, k2], 0),
-            }
+            })
         } else {
-            let (loss, keys) = self.contrastive(im1, im2, &perms[0]);
-            StepOut { loss, keys }
+            let (loss, keys) = self.contrastive(im1, im2, &perms[0])?;
+            Ok(StepOut { loss, keys })
         }
     }
 
@@ -249,7 +274,9 @@ mod tests {
                 crate::amp::make_channels_last(&mut x1).unwrap();
                 crate::amp::make_channels_last(&mut x2).unwrap();
             }
-            let out = moco.forward(&x1, &x2, &[vec![2, 0, 7, 1, 5, 3, 6, 4]]);
+            let out = moco
+                .forward(&x1, &x2, &[vec![2, 0, 7, 1, 5, 3, 6, 4]])
+                .unwrap();
             (out.loss.double_value(&[]), out.keys)
         };
         let (l1, k1) = run(false);

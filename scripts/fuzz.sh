@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# cargo-fuzz over the readers of untrusted files (issue 8): the .pt label reader, the STL-10
+# reader, image decoding + eval transform, and the ONNX metadata reader of moco-infer.
+#   bash scripts/fuzz.sh                 every target, 600 s each
+#   bash scripts/fuzz.sh pt_labels 60    one target, 60 s
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). New corpus entries
+# stay in fuzz/corpus/<target>/ (only the seed-* files are committed); crashes land in
+# fuzz/artifacts/<target>/ and make this script fail.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+targets=("${1:-pt_labels stl10 image_decode onnx_metadata}")
+secs="${2:-600}"
+for t in ${targets[@]}; do
+  mkdir -p "corpus/$t"
+  max_len=65536
+  [ "$t" = stl10 ] && max_len=4096
+  echo "== $t: ${secs}s" >&2
+  cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -max_len="$max_len" -timeout=10 -print_final_stats=1
+done
