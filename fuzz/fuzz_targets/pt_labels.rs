@@ -6,6 +6,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(labels) = datasets::pt_labels::parse_label_tensor(data) {
         // What parsed must be what a later reader sees: parsing is a pure function of the bytes.
-        assert_eq!(Some(labels), datasets::pt_labels::parse_label_tensor(data).ok());
+        assert_eq!(
+            Some(labels),
+            datasets::pt_labels::parse_label_tensor(data).ok()
+        );
     }
 });

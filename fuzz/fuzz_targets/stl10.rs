@@ -19,7 +19,8 @@ fuzz_target!(|f: Files| {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let root = DIR.get_or_init(|| tempfile::tempdir().unwrap()).path();
     let n = (f.images % 4) as usize;
-    let x_len = n * datasets::layout::STL10_IMAGE_BYTES + (f.tail as usize % 7 == 0) as usize * f.tail as usize;
+    let x_len = n * datasets::layout::STL10_IMAGE_BYTES
+        + (f.tail as usize % 7 == 0) as usize * f.tail as usize;
     std::fs::write(root.join("train_X.bin"), vec![f.fill; x_len]).unwrap();
     std::fs::write(root.join("train_y.bin"), &f.labels).unwrap();
     std::fs::write(root.join("unlabeled_X.bin"), vec![f.fill; x_len]).unwrap();

@@ -74,6 +74,8 @@ pub fn classify(
 /// `moco-train knn`.
 #[derive(clap::Args, Debug)]
 pub struct KnnArgs {
+    #[command(flatten)]
+    pub io: crate::eval_args::EvalArgs,
     /// Backbone to evaluate (`RUN/encoder.safetensors`).
     #[arg(long, required_unless_present = "random_init")]
     pub encoder: Option<std::path::PathBuf>,
@@ -82,10 +84,6 @@ pub struct KnnArgs {
     pub random_init: bool,
     #[arg(long)]
     pub arch: Option<models::Arch>,
-    #[arg(long)]
-    pub data: std::path::PathBuf,
-    #[arg(long)]
-    pub format: Option<datasets::layout::Format>,
     #[arg(long, default_value = "train")]
     pub bank_split: datasets::layout::Split,
     #[arg(long, default_value = "val")]
@@ -98,22 +96,13 @@ pub struct KnnArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 96)]
-    pub size: u32,
-    #[arg(long)]
-    pub cache_dir: Option<std::path::PathBuf>,
-    #[arg(long)]
-    pub threads: Option<i32>,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
     use crate::encoder::Backbone;
-    crate::threads::set(a.threads);
-    let device = models::tch_lowering::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = a.io.setup()?;
     if a.k == 0 {
         bail!("--k must be at least 1");
     }
@@ -122,22 +111,15 @@ pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
         (_, Some(arch)) => Backbone::random(arch, a.seed, device),
         _ => bail!("--random-init needs --arch"),
     };
-    let cache = a
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::data::default_cache_dir);
     let progress = !a.json;
-    let open = |s| {
-        crate::data::open_splits(&a.data, &[s], a.format, a.size, &cache, progress)
-            .map(|mut v| v.remove(0))
-    };
+    let open = |s| a.io.open(s, progress);
     let (bank, query) = (open(a.bank_split)?, open(a.query_split)?);
     for (s, flag) in [(&bank, "--bank-split"), (&query, "--query-split")] {
         if !s.is_labeled() {
             bail!(
                 "{flag} {}: {} has no labels; kNN needs a labeled bank and query split",
                 s.labels.len(),
-                a.data.display()
+                a.io.data.display()
             );
         }
     }

@@ -7,14 +7,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use datasets::layout::{Format, Split};
-use models::tch_lowering::parse_device;
+use datasets::layout::Split;
 use models::{Classifier, Preprocess, TensorMap};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
-use crate::data::{self, DecodedSplit};
+use crate::data::DecodedSplit;
 use crate::encoder::Backbone;
 use crate::features;
 use crate::rng::{stream, Purpose};
@@ -48,6 +47,8 @@ impl Strategy {
 
 #[derive(clap::Args, Debug)]
 pub struct LabelRequestArgs {
+    #[command(flatten)]
+    pub io: crate::eval_args::EvalArgs,
     /// Backbone (`RUN/encoder.safetensors` or a pretraining checkpoint).
     #[arg(long)]
     pub encoder: PathBuf,
@@ -55,10 +56,6 @@ pub struct LabelRequestArgs {
     /// probabilities come from weighted kNN votes of the labeled split (k=--k, T=--t).
     #[arg(long)]
     pub classifier: Option<PathBuf>,
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub format: Option<Format>,
     /// The split to choose from.
     #[arg(long, default_value = "unlabeled")]
     pub split: Split,
@@ -86,14 +83,6 @@ pub struct LabelRequestArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 96)]
-    pub size: u32,
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub threads: Option<i32>,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     #[arg(long)]
     pub quiet: bool,
     #[arg(long)]
@@ -171,7 +160,7 @@ fn contrastive_loss(
     let picked = crate::rng::permutation(&mut stream(a.seed, Purpose::Sample, 0), n);
     let neg_idx = Tensor::from_slice(&picked[..m]).to(device);
     let negs = crate::moco::model::normalize(&eval_feats.index_select(0, &neg_idx));
-    let aug = Augmenter::new(AugConfig::mocov2(a.size), pre, device);
+    let aug = Augmenter::new(AugConfig::mocov2(a.io.size), pre, device);
     let bar = crate::progress::bar(n as u64, "contrastive scores", progress);
     let mut out = Vec::new();
     tch::no_grad(|| {
@@ -180,8 +169,8 @@ fn contrastive_loss(
             let images = split.batch(chunk).to_device(device);
             let mut rng = stream(a.seed, Purpose::Augment, c as u64);
             let b = chunk.len();
-            let v1 = aug.views(&images, &aug.draw(&mut rng, b, a.size, a.size));
-            let v2 = aug.views(&images, &aug.draw(&mut rng, b, a.size, a.size));
+            let v1 = aug.views(&images, &aug.draw(&mut rng, b, a.io.size, a.io.size));
+            let v2 = aug.views(&images, &aug.draw(&mut rng, b, a.io.size, a.io.size));
             let q = crate::moco::model::normalize(&backbone.net.forward_t(&v1, false));
             let k = crate::moco::model::normalize(&backbone.net.forward_t(&v2, false));
             let pos = (&q * &k).sum_dim_intlist(&[1i64][..], true, Kind::Float);
@@ -258,8 +247,7 @@ fn balanced(pred: &[i64], score: &[f64], classes: usize, budget: usize) -> Vec<u
 }
 
 pub fn run(a: &LabelRequestArgs) -> Result<Value> {
-    crate::threads::set(a.threads);
-    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = a.io.setup()?;
     if a.budget == 0 {
         bail!("--budget must be at least 1");
     }
@@ -270,15 +258,14 @@ pub fn run(a: &LabelRequestArgs) -> Result<Value> {
         .with_context(|| format!("--out {}: not writable", a.out.display()))?;
     let progress = !a.quiet && !a.json;
     let backbone = Backbone::load(&a.encoder, device)?;
-    let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
-    let open = |s: Split| data::open_splits(&a.data, &[s], a.format, a.size, &cache, progress);
-    let pool = open(a.split)?.remove(0);
-    let labeled = open(a.labeled_split)?.remove(0);
+    let open = |s: Split| a.io.open(s, progress);
+    let pool = open(a.split)?;
+    let labeled = open(a.labeled_split)?;
     if !labeled.is_labeled() {
         bail!(
             "--labeled-split {}: {} has no labels",
             a.labeled_split.name(),
-            a.data.display()
+            a.io.data.display()
         );
     }
     if a.budget > pool.n {

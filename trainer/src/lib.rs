@@ -8,6 +8,7 @@ pub mod crash_points;
 pub mod data;
 pub mod dist;
 pub mod encoder;
+pub mod eval_args;
 pub mod feature_maps;
 pub mod features;
 pub mod knn;

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datasets::layout::{Format, Split};
-use models::tch_lowering::{parse_device, to_tensor_map, ClassifierModule};
+use datasets::layout::Split;
+use models::tch_lowering::{to_tensor_map, ClassifierModule};
 use models::{Arch, Classifier, Preprocess, TensorMap};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -18,7 +18,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
-use crate::data::{self, DecodedSplit};
+use crate::data::DecodedSplit;
 use crate::encoder::Backbone;
 use crate::features::{self, top1_top5};
 use crate::metrics::MetricsLog;
@@ -27,6 +27,8 @@ use crate::rng::{permutation, stream, Purpose};
 
 #[derive(Args, Debug, Clone)]
 pub struct LinearArgs {
+    #[command(flatten)]
+    pub io: crate::eval_args::EvalArgs,
     /// Pretrained backbone (`RUN/encoder.safetensors`).
     #[arg(long, required_unless_present = "random_init")]
     pub encoder: Option<PathBuf>,
@@ -35,10 +37,6 @@ pub struct LinearArgs {
     pub random_init: bool,
     #[arg(long)]
     pub arch: Option<Arch>,
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub format: Option<Format>,
     #[arg(long, default_value = "train")]
     pub train_split: Split,
     #[arg(long, default_value = "val")]
@@ -71,16 +69,8 @@ pub struct LinearArgs {
     pub finetune: bool,
     #[arg(long, default_value_t = 0.01)]
     pub backbone_lr: f64,
-    #[arg(long, default_value_t = 96)]
-    pub size: u32,
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long)]
-    pub threads: Option<i32>,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     #[arg(long)]
     pub quiet: bool,
     #[arg(long)]
@@ -128,8 +118,7 @@ fn save_classifier(
 }
 
 pub fn run(a: &LinearArgs) -> Result<Value> {
-    crate::threads::set(a.threads);
-    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = a.io.setup()?;
     if a.epochs == 0 || a.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
     }
@@ -141,11 +130,10 @@ pub fn run(a: &LinearArgs) -> Result<Value> {
         (_, Some(arch)) => Backbone::random(arch, a.seed, device),
         _ => bail!("--random-init needs --arch"),
     };
-    let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
     let open = |s: Split, flag: &str| -> Result<DecodedSplit> {
-        let d = data::open_splits(&a.data, &[s], a.format, a.size, &cache, progress)?.remove(0);
+        let d = a.io.open(s, progress)?;
         if !d.is_labeled() {
-            bail!("{flag} {}: {} has no labels", s.name(), a.data.display());
+            bail!("{flag} {}: {} has no labels", s.name(), a.io.data.display());
         }
         Ok(d)
     };
@@ -214,19 +202,19 @@ pub fn run(a: &LinearArgs) -> Result<Value> {
             "train features",
         )
     });
-    let aug = Augmenter::new(AugConfig::linear(a.size), &pre, device);
+    let aug = Augmenter::new(AugConfig::linear(a.io.size), &pre, device);
 
     let config = json!({
         "command": "linear",
         "encoder": a.encoder.as_ref().map(|p| p.display().to_string()),
         "random_init": a.random_init,
         "arch": backbone.arch.name(),
-        "data": a.data.display().to_string(),
+        "data": a.io.data.display().to_string(),
         "train_split": a.train_split.name(), "val_split": a.val_split.name(),
         "epochs": a.epochs, "lr": a.lr, "milestones": a.milestones, "cosine": a.cosine,
         "batch_size": a.batch_size, "weight_decay": a.weight_decay, "momentum": a.momentum,
         "fast": a.fast, "finetune": a.finetune, "backbone_lr": a.backbone_lr,
-        "seed": a.seed, "size": a.size, "classes": classes,
+        "seed": a.seed, "size": a.io.size, "classes": classes,
         "preprocess": pre,
     });
     models::weights::write_atomic(
@@ -259,7 +247,7 @@ pub fn run(a: &LinearArgs) -> Result<Value> {
                 None => {
                     let images = train.batch(&idx);
                     let mut rng = stream(a.seed, Purpose::LinearAugment, step);
-                    let p = aug.draw(&mut rng, idx.len(), a.size, a.size);
+                    let p = aug.draw(&mut rng, idx.len(), a.io.size, a.io.size);
                     let x = aug.views(&images, &p);
                     if a.finetune {
                         backbone.net.forward_t(&x, true)

@@ -40,6 +40,12 @@ fn pretrain(out: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// A loopback port nobody listens on (for a moment).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 fn ok(args: &[String]) {
     let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
@@ -149,11 +155,7 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
         "{}: run scripts/setup.sh",
         torchrun.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let three = tmp.path().join("long-torchrun");
     let o = Command::new(&torchrun)
         .args([
@@ -183,11 +185,7 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
 fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
     let tmp = tempfile::tempdir().unwrap();
     // Nobody listens on the master port: a timeout naming MASTER_ADDR/MASTER_PORT.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let args = pretrain(
         &tmp.path().join("u"),
         &["--steps", "2", "--bn-splits", "2", "--dist-timeout", "3"],
@@ -213,11 +211,7 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
 
     // Two ranks launched torchrun-style; rank 1 is SIGKILLed at the start of step 2. Rank 0
     // must stop with an error instead of waiting forever in its next collective.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let args = pretrain(
         &tmp.path().join("d"),
         &["--steps", "6", "--bn-splits", "2", "--dist-timeout", "120"],

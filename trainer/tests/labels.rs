@@ -227,19 +227,25 @@ fn request_and_labels(dir: &Path, images: &[String]) -> (PathBuf, PathBuf) {
     (req, labels)
 }
 
-fn merge(root: &Path, req: &Path, labels: &Path, out: &Path) -> std::process::Output {
-    run(&[
+fn merge_args<'a>(root: &'a Path, req: &'a Path, labels: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    let s = |p: &'a Path| p.to_str().unwrap();
+    vec![
         "merge-labels",
         "--data",
-        root.to_str().unwrap(),
+        s(root),
         "--request",
-        req.to_str().unwrap(),
+        s(req),
         "--labels",
-        labels.to_str().unwrap(),
+        s(labels),
         "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ])
+        s(out),
+    ]
+}
+
+fn merge(root: &Path, req: &Path, labels: &Path, out: &Path) -> std::process::Output {
+    let mut args = merge_args(root, req, labels, out);
+    args.push("--json");
+    run(&args)
 }
 
 #[test]
@@ -284,20 +290,7 @@ fn merge_labels_in_the_folder_layout_and_its_refusals() {
     let bad = |rows: &str, needle: &str| {
         fs::write(&labels, format!("image,label\n{rows}")).unwrap();
         let o2 = tmp.path().join("refused");
-        fails_with(
-            &[
-                "merge-labels",
-                "--data",
-                root.to_str().unwrap(),
-                "--request",
-                req.to_str().unwrap(),
-                "--labels",
-                labels.to_str().unwrap(),
-                "--out",
-                o2.to_str().unwrap(),
-            ],
-            needle,
-        );
+        fails_with(&merge_args(&root, &req, &labels, &o2), needle);
         assert!(!o2.exists());
     };
     bad(
@@ -312,34 +305,11 @@ fn merge_labels_in_the_folder_layout_and_its_refusals() {
     bad("unlabeled/00003.png,7\n", "unknown class `7`");
     bad("", "no labels");
     fs::write(&labels, "image,label\nunlabeled/00003.png,1\n").unwrap();
-    fails_with(
-        &[
-            "merge-labels",
-            "--data",
-            root.to_str().unwrap(),
-            "--request",
-            req.to_str().unwrap(),
-            "--labels",
-            labels.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        "already exists",
-    );
+    fails_with(&merge_args(&root, &req, &labels, &out), "already exists");
     // A request that does not match the dataset.
     fs::write(&req, "rank,index,image\n1,5,unlabeled/00003.png\n").unwrap();
     fails_with(
-        &[
-            "merge-labels",
-            "--data",
-            root.to_str().unwrap(),
-            "--request",
-            req.to_str().unwrap(),
-            "--labels",
-            labels.to_str().unwrap(),
-            "--out",
-            tmp.path().join("x").to_str().unwrap(),
-        ],
+        &merge_args(&root, &req, &labels, &tmp.path().join("x")),
         "is not image 5 of the `unlabeled` split",
     );
     let leftovers: Vec<_> = fs::read_dir(tmp.path())

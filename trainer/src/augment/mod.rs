@@ -2,6 +2,7 @@
 //! device. Parameters are drawn on the host from a seeded stream (`params`), then one batch of
 //! uint8 images becomes normalized float views in a handful of batched kernels (`ops`).
 
+pub mod blur_cpu;
 pub mod color_cpu;
 pub mod ops;
 pub mod params;
@@ -74,13 +75,14 @@ impl Augmenter {
         let flips: Vec<bool> = p.iter().map(|v| v.flip).collect();
         let mut x = ops::resized_crop_flip(&x, &boxes, &flips, self.cfg.size);
         if x.device() == Device::Cpu {
+            // One host buffer for the colour pass and the blur.
             let (n, c, h, w) = x.size4().expect("[N,3,H,W]");
             let mut buf = Vec::<f32>::try_from(x.contiguous().flatten(0, -1)).expect("f32 views");
             color_cpu::jitter_and_grayscale(&mut buf, (h * w) as usize, p);
-            x = Tensor::from_slice(&buf).view([n, c, h, w]);
-        } else {
-            x = self.color_batched(x, p);
+            blur_cpu::blur(&mut buf, h as usize, w as usize, p, ops::BLUR_KERNEL);
+            return Tensor::from_slice(&buf).view([n, c, h, w]);
         }
+        x = self.color_batched(x, p);
         let (blur, sigmas): (Vec<usize>, Vec<f32>) = p
             .iter()
             .enumerate()

@@ -1,0 +1,56 @@
+//! The flags of the commands that run a frozen backbone over a dataset (`knn`, `linear`,
+//! `label-request`): where the data is, how it is decoded and cached, where the network runs.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use datasets::layout::{Format, Split};
+use tch::Device;
+
+use crate::data::{self, DecodedSplit};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Dataset root (folder, competition or STL-10 layout; see SPEC).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Dataset layout; detected when omitted.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Side of the decoded images.
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    /// Where decoded stores are kept (default: $MOCO_CACHE_DIR or ~/.cache/moco-rs).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl EvalArgs {
+    /// Sets the thread count and resolves `--device`.
+    pub fn setup(&self) -> Result<Device> {
+        crate::threads::set(self.threads);
+        models::tch_lowering::parse_device(&self.device).map_err(anyhow::Error::msg)
+    }
+
+    /// One split, decoded into (or read from) the store.
+    pub fn open(&self, split: Split, progress: bool) -> Result<DecodedSplit> {
+        let cache = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(data::default_cache_dir);
+        Ok(data::open_splits(
+            &self.data,
+            &[split],
+            self.format,
+            self.size,
+            &cache,
+            progress,
+        )?
+        .remove(0))
+    }
+}
