@@ -8,6 +8,7 @@ pub mod ops;
 pub mod params;
 
 use rand::Rng;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use models::Preprocess;
@@ -47,42 +48,53 @@ impl Augmenter {
 
     fn chunked(&self, images: &Tensor, p: &[ViewParams], normalize: bool) -> Tensor {
         let device = self.mean.device();
-        let n = p.len();
-        let one = |images: &Tensor, p: &[ViewParams]| {
-            let x = self.chunk_views_01(images, p);
-            if normalize {
-                self.normalize(&x)
-            } else {
-                x
-            }
-        };
-        if device.is_cuda() || n <= CPU_CHUNK {
-            return one(images, p);
+        if device.is_cuda() {
+            let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
+            let x = self.device_views_01(x, p);
+            return if normalize { self.normalize(&x) } else { x };
         }
-        let parts: Vec<Tensor> = (0..n)
+        // Chunks run side by side on rayon's pool, each chunk's libtorch ops on its own thread:
+        // one pool for the whole data path. (libtorch's OpenMP team, interleaved with rayon's
+        // host passes, spent a third of the CPU spinning between its parallel regions.) Each
+        // task owns its tensors (a Tensor may move between threads, not be shared by them).
+        let n = p.len();
+        let size = self.cfg.size;
+        let stats = normalize.then(|| (self.mean.shallow_clone(), self.std.shallow_clone()));
+        let tasks: Vec<_> = (0..n)
             .step_by(CPU_CHUNK)
             .map(|at| {
                 let len = CPU_CHUNK.min(n - at);
-                one(&images.narrow(0, at as i64, len as i64), &p[at..at + len])
+                let stats = stats
+                    .as_ref()
+                    .map(|(m, s)| (m.shallow_clone(), s.shallow_clone()));
+                (
+                    images.narrow(0, at as i64, len as i64),
+                    &p[at..at + len],
+                    stats,
+                )
             })
             .collect();
+        let parts: Vec<Tensor> = crate::threads::with_single_thread_workers(|| {
+            tasks
+                .into_par_iter()
+                .map(|(x, p, stats)| {
+                    crate::threads::single_in_this_thread();
+                    let v = cpu_views_01(&x, p, size);
+                    match stats {
+                        Some((mean, std)) => (v - mean) / std,
+                        None => v,
+                    }
+                })
+                .collect()
+        });
         Tensor::cat(&parts, 0)
     }
 
-    fn chunk_views_01(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
-        let x = images.to_device(self.mean.device()).to_kind(Kind::Float) / 255.0;
+    fn device_views_01(&self, x: Tensor, p: &[ViewParams]) -> Tensor {
         let boxes: Vec<CropBox> = p.iter().map(|v| v.crop).collect();
         let flips: Vec<bool> = p.iter().map(|v| v.flip).collect();
-        let mut x = ops::resized_crop_flip(&x, &boxes, &flips, self.cfg.size);
-        if x.device() == Device::Cpu {
-            // One host buffer for the colour pass and the blur.
-            let (n, c, h, w) = x.size4().expect("[N,3,H,W]");
-            let mut buf = Vec::<f32>::try_from(x.contiguous().flatten(0, -1)).expect("f32 views");
-            color_cpu::jitter_and_grayscale(&mut buf, (h * w) as usize, p);
-            blur_cpu::blur(&mut buf, h as usize, w as usize, p, ops::BLUR_KERNEL);
-            return Tensor::from_slice(&buf).view([n, c, h, w]);
-        }
-        x = self.color_batched(x, p);
+        let x = ops::resized_crop_flip(&x, &boxes, &flips, self.cfg.size);
+        let x = self.color_batched(x, p);
         let (blur, sigmas): (Vec<usize>, Vec<f32>) = p
             .iter()
             .enumerate()
@@ -139,6 +151,19 @@ impl Augmenter {
     }
 }
 
+/// The CPU path of one chunk: crop + flip in libtorch, then colour and blur in one host buffer.
+fn cpu_views_01(images: &Tensor, p: &[ViewParams], size: u32) -> Tensor {
+    let x = images.to_kind(Kind::Float) / 255.0;
+    let boxes: Vec<CropBox> = p.iter().map(|v| v.crop).collect();
+    let flips: Vec<bool> = p.iter().map(|v| v.flip).collect();
+    let x = ops::resized_crop_flip(&x, &boxes, &flips, size);
+    let (n, c, h, w) = x.size4().expect("[N,3,H,W]");
+    let mut buf = Vec::<f32>::try_from(x.contiguous().flatten(0, -1)).expect("f32 views");
+    color_cpu::jitter_and_grayscale(&mut buf, (h * w) as usize, p);
+    blur_cpu::blur(&mut buf, h as usize, w as usize, p, ops::BLUR_KERNEL);
+    Tensor::from_slice(&buf).view([n, c, h, w])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +186,17 @@ mod tests {
         );
         let d = (whole - parts).abs().max().double_value(&[]);
         assert!(d < 1e-6, "views differ by {d}");
+    }
+
+    /// The chunks run on rayon's threads with libtorch limited to one thread there; the calling
+    /// thread keeps its own count (the model's convolutions run on it).
+    #[test]
+    fn the_caller_keeps_its_libtorch_threads() {
+        tch::set_num_threads(2);
+        let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
+        let images = Tensor::randint(256, [64, 3, 40, 40], (Kind::Uint8, Device::Cpu));
+        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(4), 64, 40, 40);
+        let _ = aug.views(&images, &p);
+        assert_eq!(tch::get_num_threads(), 2);
     }
 }
