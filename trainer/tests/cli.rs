@@ -73,8 +73,8 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
     use rand::{Rng, SeedableRng};
     use std::os::unix::process::ExitStatusExt;
 
-    let steps = env_or("MOCO_KILL_STEPS", 16);
-    let random_kills = env_or("MOCO_KILL_POINTS", 4) as usize;
+    let steps = env_or("MOCO_KILL_STEPS", 24);
+    let random_kills = env_or("MOCO_KILL_POINTS", 5) as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env_or("MOCO_KILL_SEED", 11));
     let steps_flag = steps.to_string();
     let tmp = tempfile::tempdir().unwrap();
