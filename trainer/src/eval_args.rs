@@ -26,6 +26,7 @@ pub struct EvalArgs {
     /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

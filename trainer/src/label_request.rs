@@ -65,26 +65,34 @@ pub struct LabelRequestArgs {
     /// How many images to request.
     #[arg(long)]
     pub budget: usize,
+    /// How to rank the pool (see each value).
     #[arg(long, value_enum)]
     pub strategy: Strategy,
     /// The ranked request: `rank,index,image,score,predicted,confidence`.
     #[arg(long)]
     pub out: PathBuf,
+    /// kNN probabilities (no --classifier): neighbours that vote.
     #[arg(long, default_value_t = 200)]
     pub k: usize,
+    /// kNN probabilities: vote weight exp(similarity / t).
     #[arg(long, default_value_t = 0.1)]
     pub t: f64,
-    /// Contrastive strategy: the InfoNCE temperature and the number of negatives.
+    /// Contrastive strategy: the InfoNCE temperature.
     #[arg(long, default_value_t = 0.2)]
     pub temperature: f64,
+    /// Contrastive strategy: how many other images serve as negatives.
     #[arg(long, default_value_t = 4096)]
     pub negatives: usize,
+    /// Seeds the contrastive views and the choice of negatives.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -20,6 +20,7 @@ pub struct MergeLabelsArgs {
     /// The dataset the request was made from (read only).
     #[arg(long)]
     pub data: PathBuf,
+    /// Dataset layout; detected when omitted.
     #[arg(long)]
     pub format: Option<Format>,
     /// The request CSV written by `label-request`.
@@ -41,6 +42,7 @@ pub struct MergeLabelsArgs {
     /// Copy unchanged files instead of hard-linking them.
     #[arg(long)]
     pub copy: bool,
+    /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
 }

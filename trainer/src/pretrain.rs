@@ -122,6 +122,7 @@ pub struct PretrainArgs {
     /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// auto (CUDA when present), cpu, cuda or cuda:N (a rank under torchrun: cuda:LOCAL_RANK).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Keep NCHW on CUDA (channels_last is the default there: faster convolutions on tensor cores).
