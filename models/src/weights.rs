@@ -184,11 +184,16 @@ impl TensorMap {
 
     /// Writes atomically: a reader sees the old file or the complete new one, never a torn one.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, |_| {})
+    }
+
+    /// `save`, reporting the stages of the atomic write (see `write_atomic_with`).
+    pub fn save_with(&self, path: &Path, observe: impl FnMut(WriteStage)) -> Result<()> {
         let bytes = self.to_bytes().map_err(|message| ModelError::Format {
             path: path.to_path_buf(),
             message,
         })?;
-        write_atomic(path, &bytes)
+        write_atomic_with(path, &bytes, observe)
     }
 
     /// Checks that every spec is present with its shape and finite values. Tensors beyond the

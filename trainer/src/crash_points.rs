@@ -8,6 +8,12 @@ use models::weights::WriteStage;
 
 pub const ENV: &str = "MOCO_TEST_KILL_AT";
 
+/// The variable, read once (`at_step` runs every training step).
+fn wanted() -> Option<&'static str> {
+    static WANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WANT.get_or_init(|| std::env::var(ENV).ok()).as_deref()
+}
+
 fn parse(s: &str) -> Option<WriteStage> {
     match s {
         "partial" => Some(WriteStage::Partial),
@@ -28,7 +34,7 @@ fn kill(why: &str) {
 
 /// Called at the start of each training step (0-based).
 pub fn at_step(step: u64) {
-    if let Ok(want) = std::env::var(ENV) {
+    if let Some(want) = wanted() {
         if want.strip_prefix("step:").and_then(|s| s.parse().ok()) == Some(step) {
             kill(&format!("at the start of step {step}"));
         }
@@ -37,10 +43,10 @@ pub fn at_step(step: u64) {
 
 /// Called at each stage of a checkpoint write.
 pub fn at_checkpoint_stage(stage: WriteStage, step: u64) {
-    let Ok(want) = std::env::var(ENV) else {
+    let Some(want) = wanted() else {
         return;
     };
-    if parse(&want) == Some(stage) {
+    if parse(want) == Some(stage) {
         kill(&format!("during the step-{step} checkpoint write ({want})"));
     }
 }

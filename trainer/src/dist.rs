@@ -261,12 +261,8 @@ impl Dist {
 
     /// Gradients averaged over ranks, all-reduced in flat buckets of ~25 MiB (one collective per
     /// bucket instead of one per tensor).
-    pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
+    pub fn average_gradients<'a>(&self, params: impl Iterator<Item = &'a Tensor>) -> Result<()> {
+        let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
         let mut bucket: Vec<&Tensor> = Vec::new();
         let mut bytes = 0;
         for (i, g) in grads.iter().enumerate() {

@@ -71,6 +71,48 @@ pub fn classify(
     })
 }
 
+/// Eval-transform features of a labeled bank and query split, then `classify` with (k, T):
+/// `moco-train knn` and pretraining's monitor.
+pub fn evaluate(
+    backbone: &models::tch_lowering::ResNet,
+    bank: &crate::data::DecodedSplit,
+    query: &crate::data::DecodedSplit,
+    (k, t): (usize, f64),
+    device: tch::Device,
+    batch: usize,
+    progress: bool,
+) -> Result<KnnResult> {
+    use crate::features::{extract, labels};
+    let pre = models::Preprocess::default();
+    let fb = extract(
+        backbone,
+        bank,
+        &pre,
+        device,
+        batch,
+        progress,
+        "bank features",
+    );
+    let fq = extract(
+        backbone,
+        query,
+        &pre,
+        device,
+        batch,
+        progress,
+        "query features",
+    );
+    classify(
+        &fb,
+        &labels(bank, device),
+        &fq,
+        &labels(query, device),
+        bank.classes.len(),
+        k,
+        t,
+    )
+}
+
 /// `moco-train knn`.
 #[derive(clap::Args, Debug)]
 pub struct KnnArgs {
@@ -123,33 +165,14 @@ pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
             );
         }
     }
-    let pre = models::Preprocess::default();
-    let fb = crate::features::extract(
+    let r = evaluate(
         &backbone.net,
         &bank,
-        &pre,
-        device,
-        a.batch_size,
-        progress,
-        "bank features",
-    );
-    let fq = crate::features::extract(
-        &backbone.net,
         &query,
-        &pre,
+        (a.k, a.t),
         device,
         a.batch_size,
         progress,
-        "query features",
-    );
-    let r = classify(
-        &fb,
-        &crate::features::labels(&bank, device),
-        &fq,
-        &crate::features::labels(&query, device),
-        bank.classes.len(),
-        a.k,
-        a.t,
     )?;
     eprintln!(
         "knn: k={} T={} top-1 {:.2} % top-5 {:.2} % ({} queries, bank {})",

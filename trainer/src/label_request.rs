@@ -298,20 +298,24 @@ pub fn run(a: &LabelRequestArgs) -> Result<Value> {
     let pre = Preprocess::default();
     let bs = a.batch_size;
     let fu = features::extract(&backbone.net, &pool, &pre, device, bs, progress, "features");
-    let fl = features::extract(
-        &backbone.net,
-        &labeled,
-        &pre,
-        device,
-        bs,
-        progress,
-        "labeled features",
-    );
+    // The labeled split's features serve the kNN probabilities and k-center's starting
+    // centers; with a classifier and another strategy they are not computed.
+    let fl = (head.is_none() || a.strategy == Strategy::Kcenter).then(|| {
+        features::extract(
+            &backbone.net,
+            &labeled,
+            &pre,
+            device,
+            bs,
+            progress,
+            "labeled features",
+        )
+    });
     let probs = tch::no_grad(|| match &head {
         Some((w, b)) => fu.linear(w, Some(b)).softmax(1, Kind::Float),
         None => {
             let votes = crate::knn::votes(
-                &fl,
+                fl.as_ref().expect("computed without a classifier"),
                 &features::labels(&labeled, device),
                 &fu,
                 classes.len(),
@@ -349,7 +353,7 @@ pub fn run(a: &LabelRequestArgs) -> Result<Value> {
         Strategy::Contrastive => ranked_by(host(contrastive_loss(
             &backbone, &pool, &fu, a, &pre, device, progress,
         ))?),
-        Strategy::Kcenter => k_center(&fu, &fl, a.budget),
+        Strategy::Kcenter => k_center(&fu, fl.as_ref().expect("computed for k-center"), a.budget),
         Strategy::Balanced => {
             let h = host(entropy(&probs))?;
             balanced(&pred, &h, classes.len(), a.budget)

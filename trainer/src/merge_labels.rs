@@ -201,14 +201,13 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn add_competition(
-    root: &Path,
-    new: &Path,
-    train: &SplitData,
-    adds: &[Addition],
-) -> Result<Vec<String>> {
-    let labels_name = format!("{}_label_tensor.pt", train.split.name());
-    let mut labels = datasets::pt_labels::read_label_tensor(&root.join(&labels_name))?;
+fn add_competition(new: &Path, train: &SplitData, adds: &[Addition]) -> Result<Vec<String>> {
+    // The split's labels as already read and checked by `datasets::open`.
+    let mut labels: Vec<i64> = train
+        .samples
+        .iter()
+        .map(|s| s.label.map_or(-1, |l| l as i64))
+        .collect();
     let mut names = Vec::new();
     for (j, add) in adds.iter().enumerate() {
         let ImageSource::File(src) = &add.source else {
@@ -226,9 +225,11 @@ fn add_competition(
         labels.push(add.label as i64);
         names.push(name);
     }
-    let path = new.join(&labels_name);
-    let _ = fs::remove_file(&path);
-    datasets::pt_labels::write_label_tensor(&path, &labels)?;
+    let labels_name = format!("{}_label_tensor.pt", train.split.name());
+    replace(
+        &new.join(labels_name),
+        &datasets::pt_labels::label_tensor_bytes(&labels),
+    )?;
     Ok(names)
 }
 
@@ -323,7 +324,7 @@ pub fn run(a: &MergeLabelsArgs) -> Result<Value> {
         let n = mirror(&root, &tmp, a.copy, &bar)?;
         bar.finish_and_clear();
         let names = match pool.format {
-            Format::Competition => add_competition(&root, &tmp, &train, &adds)?,
+            Format::Competition => add_competition(&tmp, &train, &adds)?,
             Format::Folder => add_folder(&tmp, &train, &adds)?,
             Format::Stl10 => add_stl10(&root, &tmp, &train, &adds)?,
         };

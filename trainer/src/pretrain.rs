@@ -18,7 +18,6 @@ use tch::{Device, Kind, Tensor};
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::{self, DecodedSplit, ImageBank};
 use crate::dist::{Dist, DistEnv};
-use crate::features;
 use crate::knn;
 use crate::metrics::MetricsLog;
 use crate::moco::checkpoint::{self, State};
@@ -177,17 +176,14 @@ pub struct KnnMonitor {
 
 impl KnnMonitor {
     pub fn evaluate(&self, backbone: &models::tch_lowering::ResNet, device: Device) -> Result<f64> {
-        let pre = Preprocess::default();
-        let bank = features::extract(backbone, &self.bank, &pre, device, 256, false, "");
-        let query = features::extract(backbone, &self.query, &pre, device, 256, false, "");
-        let r = knn::classify(
-            &bank,
-            &features::labels(&self.bank, device),
-            &query,
-            &features::labels(&self.query, device),
-            self.bank.classes.len(),
-            200,
-            0.1,
+        let r = knn::evaluate(
+            backbone,
+            &self.bank,
+            &self.query,
+            (200, 0.1),
+            device,
+            256,
+            false,
         )?;
         Ok(r.top1)
     }
@@ -205,31 +201,12 @@ fn params_finite(opt: &Sgd) -> bool {
 /// exactly what one process with all the groups holds (the update is linear), so checkpoints
 /// store the mean and every rank continues from it.
 fn average_buffers(d: &Dist, moco: &Moco) -> Result<()> {
-    for mut t in sorted_variables(moco) {
+    for (_, mut t) in moco.variables() {
         if !t.requires_grad() {
             d.average(&mut t)?;
         }
     }
     Ok(())
-}
-
-/// Both encoders' variables in one order on every rank (collectives pair up by position;
-/// a VarStore's map has none).
-fn sorted_variables(moco: &Moco) -> Vec<Tensor> {
-    let mut v: Vec<(String, Tensor)> = moco
-        .vs_q
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (format!("q/{n}"), t))
-        .chain(
-            moco.vs_k
-                .variables()
-                .into_iter()
-                .map(|(n, t)| (format!("k/{n}"), t)),
-        )
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v.into_iter().map(|(_, t)| t).collect()
 }
 
 /// `pretrain --nproc N`: N copies of this command as ranks 0..N on this machine (torchrun's
@@ -312,9 +289,10 @@ fn check_writable(out: &Path) -> Result<()> {
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
     crate::threads::set(a.threads);
-    let dist = match DistEnv::from_env()? {
+    let env = DistEnv::from_env()?;
+    let dist = match &env {
         Some(env) => Some(Rc::new(Dist::init(
-            &env,
+            env,
             Duration::from_secs(a.dist_timeout),
         )?)),
         None => None,
@@ -322,7 +300,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
     let lead = rank == 0;
     let mut device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
-    if let (Device::Cuda(0), Some(env)) = (device, DistEnv::from_env()?) {
+    if let (Device::Cuda(0), Some(env)) = (device, &env) {
         device = Device::Cuda(env.local_rank);
     }
     if a.amp != Amp::Off && !device.is_cuda() {
@@ -445,7 +423,8 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     let mut moco = Moco::new(cfg, device);
     if let Some(d) = &dist {
         // Every rank starts from rank 0's weights and queue, as DDP does.
-        for mut t in sorted_variables(&moco) {
+        // Collectives pair up by position: `Moco::variables` has one order on every rank.
+        for (_, mut t) in moco.variables() {
             tch::no_grad(|| d.broadcast(&mut t, 0))?;
         }
         d.broadcast(&mut moco.queue, 0)?;
@@ -489,12 +468,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     }
     let channels_last = device.is_cuda() && !a.no_channels_last;
     if channels_last {
-        for (_, mut t) in moco
-            .vs_q
-            .variables()
-            .into_iter()
-            .chain(moco.vs_k.variables())
-        {
+        for (_, mut t) in moco.variables() {
             crate::amp::make_channels_last(&mut t)?;
         }
     }
@@ -569,8 +543,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         (&loss * scale).backward();
         if let Some(d) = &dist {
             // The global batch's mean loss: the mean of the ranks' gradients.
-            let params: Vec<Tensor> = opt.params.iter().map(|(_, p)| p.shallow_clone()).collect();
-            d.average_gradients(&params)?;
+            d.average_gradients(opt.params.iter().map(|(_, p)| p))?;
         }
         let take = match &mut scaler {
             Some(sc) => sc.unscale_and_check(&mut opt),

@@ -7,37 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cache_dir, data, fails_with, run, stderr, BIN};
-
-/// A small pretraining command line; flags in `extra` replace the defaults of the same name.
-fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let defaults = [
-        ("--steps", "6"),
-        ("--batch-size", "8"),
-        ("--queue-size", "16"),
-        ("--bn-splits", "2"),
-        ("--threads", "1"),
-        ("--seed", "5"),
-        ("--checkpoint-every", "2"),
-        ("--log-every", "1"),
-    ];
-    let mut v: Vec<String> = vec![
-        "pretrain".into(),
-        "--data".into(),
-        data(),
-        "--out".into(),
-        out.display().to_string(),
-        "--no-knn".into(),
-        "--quiet".into(),
-    ];
-    for (flag, value) in defaults {
-        if !extra.contains(&flag) {
-            v.extend([flag.to_string(), value.to_string()]);
-        }
-    }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
+use common::{cache_dir, data, fails_with, pretrain_args, run, stderr, BIN};
 
 /// A positive integer from the environment (the long kill script raises these).
 fn env_or(name: &str, default: u64) -> u64 {

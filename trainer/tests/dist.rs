@@ -9,36 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cache_dir, data, fails_with, run, stderr, BIN};
-
-fn pretrain(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "pretrain",
-        "--data",
-        &data(),
-        "--out",
-        out.to_str().unwrap(),
-        "--no-knn",
-        "--quiet",
-        "--batch-size",
-        "8",
-        "--queue-size",
-        "16",
-        "--threads",
-        "1",
-        "--seed",
-        "5",
-        "--checkpoint-every",
-        "2",
-        "--log-every",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
+use common::{cache_dir, fails_with, pretrain_args, run, stderr, BIN};
 
 /// A loopback port nobody listens on (for a moment).
 fn free_port() -> u16 {
@@ -108,8 +79,8 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
         if symmetric {
             extra.push("--symmetric");
         }
-        let a = pretrain(&one, &extra);
-        let mut b = pretrain(&two, &extra);
+        let a = pretrain_args(&one, &extra);
+        let mut b = pretrain_args(&two, &extra);
         b.extend(["--nproc".into(), "2".into()]);
         ok(&a);
         ok(&b);
@@ -135,8 +106,8 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
     // Several steps: float32 rounding differences (the all-reduce sums in another order) grow
     // through SGD as in any two fp32 runs, so the bounds are fp32-training-sized.
     let (one, two) = (tmp.path().join("long-1"), tmp.path().join("long-2"));
-    let a = pretrain(&one, &["--steps", "4", "--bn-splits", "2"]);
-    let mut b = pretrain(&two, &["--steps", "4", "--bn-splits", "2"]);
+    let a = pretrain_args(&one, &["--steps", "4", "--bn-splits", "2"]);
+    let mut b = pretrain_args(&two, &["--steps", "4", "--bn-splits", "2"]);
     b.extend(["--nproc".into(), "2".into()]);
     ok(&a);
     ok(&b);
@@ -166,7 +137,7 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
             "--no-python",
             BIN,
         ])
-        .args(pretrain(&three, &["--steps", "4", "--bn-splits", "2"]))
+        .args(pretrain_args(&three, &["--steps", "4", "--bn-splits", "2"]))
         .env("MOCO_CACHE_DIR", cache_dir())
         .output()
         .unwrap();
@@ -174,7 +145,7 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
     assert_eq!(losses(&three), l2, "torchrun vs --nproc 2");
 
     // A resume must keep the world size (the data shards depend on it).
-    let again: Vec<String> = pretrain(&two, &["--steps", "4", "--bn-splits", "2", "--resume"]);
+    let again: Vec<String> = pretrain_args(&two, &["--steps", "4", "--bn-splits", "2", "--resume"]);
     fails_with(
         &again.iter().map(String::as_str).collect::<Vec<_>>(),
         "written by 2 rank(s), this run has 1",
@@ -186,7 +157,7 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
     let tmp = tempfile::tempdir().unwrap();
     // Nobody listens on the master port: a timeout naming MASTER_ADDR/MASTER_PORT.
     let port = free_port();
-    let args = pretrain(
+    let args = pretrain_args(
         &tmp.path().join("u"),
         &["--steps", "2", "--bn-splits", "2", "--dist-timeout", "3"],
     );
@@ -212,7 +183,7 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
     // Two ranks launched torchrun-style; rank 1 is SIGKILLed at the start of step 2. Rank 0
     // must stop with an error instead of waiting forever in its next collective.
     let port = free_port();
-    let args = pretrain(
+    let args = pretrain_args(
         &tmp.path().join("d"),
         &["--steps", "6", "--bn-splits", "2", "--dist-timeout", "120"],
     );
@@ -255,7 +226,7 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
     eprintln!("rank 0 after its peer died: {}", err.trim());
 
     // `--nproc` reports the dead rank and stops the rest.
-    let mut args = pretrain(
+    let mut args = pretrain_args(
         &tmp.path().join("n"),
         &["--steps", "6", "--bn-splits", "2", "--nproc", "2"],
     );

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{data, fails_with, run, stderr};
+use common::{data, fails_with, pretrain_args, run, stderr};
 
 /// A two-step pretraining run: an encoder to rank with (its quality does not matter here).
 fn encoder() -> &'static Path {
@@ -16,25 +16,8 @@ fn encoder() -> &'static Path {
     &DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("run");
-        let o = run(&[
-            "pretrain",
-            "--data",
-            &data(),
-            "--out",
-            out.to_str().unwrap(),
-            "--steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--queue-size",
-            "16",
-            "--bn-splits",
-            "2",
-            "--threads",
-            "1",
-            "--no-knn",
-            "--quiet",
-        ]);
+        let args = pretrain_args(&out, &["--steps", "2"]);
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{}", stderr(&o));
         (d, out.join("encoder.safetensors"))
     })

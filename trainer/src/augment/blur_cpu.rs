@@ -54,15 +54,16 @@ fn blur_plane(ch: &mut [f32], h: usize, w: usize, k: &[f32], row: &mut [f32], tm
 
 /// Blurs, in place, the images of `x` (CHW, `p.len()` images of `h`×`w`) whose view draws one.
 pub fn blur(x: &mut [f32], h: usize, w: usize, p: &[ViewParams], taps: usize) {
-    x.par_chunks_mut(3 * h * w).zip(p).for_each(|(img, v)| {
-        let Some(sigma) = v.blur_sigma else { return };
-        let k = gaussian_kernel(sigma, taps);
-        let mut row = vec![0f32; w + taps];
-        let mut tmp = vec![0f32; h * w];
-        for ch in img.chunks_mut(h * w) {
-            blur_plane(ch, h, w, &k, &mut row, &mut tmp);
-        }
-    });
+    x.par_chunks_mut(3 * h * w).zip(p).for_each_init(
+        || (vec![0f32; w + taps], vec![0f32; h * w]),
+        |(row, tmp), (img, v)| {
+            let Some(sigma) = v.blur_sigma else { return };
+            let k = gaussian_kernel(sigma, taps);
+            for ch in img.chunks_mut(h * w) {
+                blur_plane(ch, h, w, &k, row, tmp);
+            }
+        },
+    );
 }
 
 #[cfg(test)]

@@ -63,11 +63,8 @@ fn file_for(run: &Path, step: u64) -> PathBuf {
 
 pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf> {
     let mut map = TensorMap::new();
-    for (name, t) in moco.vs_q.variables() {
-        map.insert(format!("q/{name}"), tensor_to_data(&t));
-    }
-    for (name, t) in moco.vs_k.variables() {
-        map.insert(format!("k/{name}"), tensor_to_data(&t));
+    for (name, t) in moco.variables() {
+        map.insert(name, tensor_to_data(&t));
     }
     for ((name, _), buf) in opt.params.iter().zip(&opt.buffers) {
         if let Some(b) = buf {
@@ -82,10 +79,7 @@ pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf
     let d = dir(run);
     fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
     let path = file_for(run, state.step);
-    let bytes = map
-        .to_bytes()
-        .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
-    models::weights::write_atomic_with(&path, &bytes, |stage| {
+    map.save_with(&path, |stage| {
         crate::crash_points::at_checkpoint_stage(stage, state.step)
     })?;
     prune(run)?;
@@ -157,24 +151,19 @@ pub fn restore(
     moco: &mut Moco,
     opt: &mut Sgd,
 ) -> Result<()> {
-    let copy = |prefix: &str, vars: std::collections::HashMap<String, tch::Tensor>| -> Result<()> {
-        for (name, var) in vars {
-            let d = map
-                .get(&format!("{prefix}/{name}"))
-                .with_context(|| format!("{}: missing `{prefix}/{name}`", path.display()))?;
-            let src = data_to_tensor(d);
-            if src.size() != var.size() {
-                bail!("{}: `{prefix}/{name}` has the wrong shape", path.display());
-            }
-            tch::no_grad(|| {
-                var.shallow_clone()
-                    .copy_(&src.to_device(var.device()).to_kind(var.kind()))
-            });
+    for (name, var) in moco.variables() {
+        let d = map
+            .get(&name)
+            .with_context(|| format!("{}: missing `{name}`", path.display()))?;
+        let src = data_to_tensor(d);
+        if src.size() != var.size() {
+            bail!("{}: `{name}` has the wrong shape", path.display());
         }
-        Ok(())
-    };
-    copy("q", moco.vs_q.variables())?;
-    copy("k", moco.vs_k.variables())?;
+        tch::no_grad(|| {
+            var.shallow_clone()
+                .copy_(&src.to_device(var.device()).to_kind(var.kind()))
+        });
+    }
     let device = moco.queue.device();
     let queue = map
         .get("queue")

@@ -128,6 +128,21 @@ impl Moco {
             .collect();
     }
 
+    /// Every variable of both encoders (BN buffers included) as `q/<name>` and `k/<name>`,
+    /// sorted by name: the checkpoint's names, and one order on every rank.
+    pub fn variables(&self) -> Vec<(String, Tensor)> {
+        let named = |prefix: &str, vs: &VarStore| {
+            vs.variables()
+                .into_iter()
+                .map(|(n, t)| (format!("{prefix}/{n}"), t))
+                .collect::<Vec<_>>()
+        };
+        let mut v = named("q", &self.vs_q);
+        v.extend(named("k", &self.vs_k));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The query encoder's trainable parameters, sorted by name.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         self.pairs
@@ -263,12 +278,7 @@ mod tests {
             let mut x1 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
             let mut x2 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
             if cl {
-                for (_, mut t) in moco
-                    .vs_q
-                    .variables()
-                    .into_iter()
-                    .chain(moco.vs_k.variables())
-                {
+                for (_, mut t) in moco.variables() {
                     crate::amp::make_channels_last(&mut t).unwrap();
                 }
                 crate::amp::make_channels_last(&mut x1).unwrap();

@@ -70,3 +70,33 @@ pub fn fails_with(args: &[&str], needle: &str) {
         "one-line error expected: {err}"
     );
 }
+
+/// A small pretraining command line; flags in `extra` replace the defaults of the same name.
+pub fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let defaults = [
+        ("--steps", "6"),
+        ("--batch-size", "8"),
+        ("--queue-size", "16"),
+        ("--bn-splits", "2"),
+        ("--threads", "1"),
+        ("--seed", "5"),
+        ("--checkpoint-every", "2"),
+        ("--log-every", "1"),
+    ];
+    let mut v: Vec<String> = vec![
+        "pretrain".into(),
+        "--data".into(),
+        data(),
+        "--out".into(),
+        out.display().to_string(),
+        "--no-knn".into(),
+        "--quiet".into(),
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            v.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
