@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use datasets::layout::{Format, Split};
-use models::tch_lowering::{parse_device, to_tensor_map};
+use datasets::layout::Split;
+use models::tch_lowering::to_tensor_map;
 use models::{Arch, Preprocess};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -35,15 +35,13 @@ pub enum Amp {
 
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
-    /// Dataset root (folder, competition or STL-10 layout; see SPEC).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Dataset, decoding, threads and device (the flags of knn, linear and label-request too;
+    /// under torchrun, `--device cuda` means cuda:LOCAL_RANK).
+    #[command(flatten)]
+    pub io: crate::eval_args::EvalArgs,
     /// Splits whose images are pretrained on (labels ignored), comma-separated.
     #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
-    /// Dataset layout; detected when omitted.
-    #[arg(long)]
-    pub format: Option<Format>,
     /// Run directory: encoder.safetensors, metrics.jsonl, config.json, checkpoints/.
     #[arg(long)]
     pub out: PathBuf,
@@ -110,20 +108,8 @@ pub struct PretrainArgs {
     /// Log a metrics line every N steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
-    /// Side of the decoded images and of the views.
-    #[arg(long, default_value_t = 96)]
-    pub size: u32,
-    /// Where decoded stores are kept (default: $MOCO_CACHE_DIR or ~/.cache/moco-rs).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<i32>,
-    /// auto (CUDA when present), cpu, cuda or cuda:N (a rank under torchrun: cuda:LOCAL_RANK).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// Keep NCHW on CUDA (channels_last is the default there: faster convolutions on tensor cores).
     #[arg(long)]
     pub no_channels_last: bool,
@@ -146,7 +132,7 @@ pub struct PretrainArgs {
 /// What a resume must agree on: everything that changes the numbers of a step.
 fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usize) -> Value {
     json!({
-        "data": a.data.display().to_string(),
+        "data": a.io.data.display().to_string(),
         "splits": a.splits,
         "images": n_images,
         "arch": a.arch.name(),
@@ -163,7 +149,7 @@ fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usi
         "bn_splits": a.bn_splits,
         "symmetric": a.symmetric,
         "amp": a.amp,
-        "size": a.size,
+        "size": a.io.size,
         "seed": a.seed,
         "augmentation": aug,
     })
@@ -288,7 +274,7 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
-    crate::threads::set(a.threads);
+    let mut device = a.io.setup()?;
     let env = DistEnv::from_env()?;
     let dist = match &env {
         Some(env) => Some(Rc::new(Dist::init(
@@ -299,7 +285,6 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     };
     let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
     let lead = rank == 0;
-    let mut device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
     if let (Device::Cuda(0), Some(env)) = (device, &env) {
         device = Device::Cuda(env.local_rank);
     }
@@ -338,10 +323,22 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         check_writable(&a.out)?;
     }
     let progress = !a.quiet && !a.json && lead;
-    let cache_dir = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
+    let cache_dir =
+        a.io.cache_dir
+            .clone()
+            .unwrap_or_else(data::default_cache_dir);
     let splits = data::parse_splits(&a.splits).map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
     // The lead rank builds the decoded stores; the others open them once they exist.
-    let open_bank = || data::open_splits(&a.data, &splits, a.format, a.size, &cache_dir, progress);
+    let open_bank = || {
+        data::open_splits(
+            &a.io.data,
+            &splits,
+            a.io.format,
+            a.io.size,
+            &cache_dir,
+            progress,
+        )
+    };
     let first = if lead { Some(open_bank()) } else { None };
     if let Some(d) = &dist {
         d.barrier()?;
@@ -366,9 +363,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     let knn = if a.no_knn || !lead {
         None
     } else {
-        let root = a.knn_data.as_ref().unwrap_or(&a.data);
+        let root = a.knn_data.as_ref().unwrap_or(&a.io.data);
         let open = |s: Split| {
-            data::open_splits(root, &[s], a.format, a.size, &cache_dir, progress)
+            data::open_splits(root, &[s], a.io.format, a.io.size, &cache_dir, progress)
                 .map(|mut v| v.remove(0))
         };
         match (open(a.knn_bank_split), open(a.knn_query_split)) {
@@ -392,7 +389,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         }
     };
 
-    let aug_cfg = AugConfig::mocov2(a.size);
+    let aug_cfg = AugConfig::mocov2(a.io.size);
     let algo = algorithm_config(a, &aug_cfg, total, n);
     let config = json!({
         "command": "pretrain",
@@ -522,7 +519,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         // Every rank draws the whole batch's views and keeps its share: any world size sees the
         // same augmentations.
         let mut rng = stream(a.seed, Purpose::Augment, step);
-        let s = a.size;
+        let s = a.io.size;
         let p1 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
         let p2 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
         let (mut im1, mut im2) = (aug.views(&images, &p1), aug.views(&images, &p2));
