@@ -39,7 +39,10 @@ say "pretraining: $ARCH, $STEPS steps of batch $BATCH (progress: $out/pretrain/m
 pre=$($train pretrain --out "$out/pretrain" --arch "$ARCH" --steps "$STEPS" --batch-size "$BATCH" \
   --queue-size "$QUEUE" --lr "$LR" --bn-splits 4 --knn-every 1 --checkpoint-every 100 --resume \
   "${common[@]}" | last)
-knn_pre=$($train knn --encoder "$out/pretrain/encoder.safetensors" "${common[@]}" | last)
+# pretrain's own final kNN (same k, T, bank and query as `knn`): no second pass over the data,
+# unless a resumed, already finished run had nothing to measure.
+knn_pre=$(python3 -c "import json,sys; t=json.loads(sys.argv[1]).get('knn_top1'); print(json.dumps({'top1': t}) if t is not None else '')" "$pre")
+[ -n "$knn_pre" ] || knn_pre=$($train knn --encoder "$out/pretrain/encoder.safetensors" "${common[@]}" | last)
 
 say "linear evaluation of the pretrained encoder"
 lin_pre=$($train linear --encoder "$out/pretrain/encoder.safetensors" --out "$out/linear" --fast \

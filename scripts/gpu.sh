@@ -6,6 +6,8 @@
 #                                  of that machine's python3 (its torch/lib), MOCO_PYTHON=python3
 #   scripts/gpu.sh selftest        here: pack, then `run` the CPU parity check through the packed
 #                                  binaries with the venv's python3 standing in for the remote one
+#   scripts/gpu.sh checks          there: every device check in one call (parity, NCCL step,
+#                                  augmentation rate, ort's providers); logs under $OUT
 #
 # The device tool call is then: command `bash scripts/gpu.sh run -- moco-parity ... --device cuda`,
 # carry [".gpu"]. The working tree travels with it, so tests/python/ is there too.
@@ -66,9 +68,28 @@ selftest() {
   rm -rf "$ref"
 }
 
+# The device checks, each logged to $OUT/<name>.log, one failing does not stop the others.
+checks() {
+  local out="${OUT:-/tmp/gpu-checks}"; mkdir -p "$out"
+  local data="$out/synth"
+  check() { local name=$1; shift; echo "== $name" >&2
+    if run -- "$@" >"$out/$name.log" 2>&1; then echo "ok $name" | tee -a "$out/summary.txt" >&2
+    else echo "FAILED $name (exit $?)" | tee -a "$out/summary.txt" >&2; tail -5 "$out/$name.log" >&2; fi; }
+  check synth moco-train synth --out "$data"
+  check parity bash -c 'moco-parity --arch resnet18 --ref "$(mktemp -d)" --generate --device cuda'
+  check nccl-step moco-train pretrain --data "$data" --out "$out/nccl" --device cuda \
+    --dist-backend nccl --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
+  check gloo-cuda-step moco-train pretrain --data "$data" --out "$out/gloo" --device cuda \
+    --dist-backend gloo --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
+  check bench-data moco-train bench-data --data "$data" --device cuda --batch-size 256 --json
+  check ort-providers python3 -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())'
+  cat "$out/summary.txt" >&2
+}
+
 case "${1:-}" in
   pack) pack ;;
+  checks) checks ;;
   run) shift; run "$@" ;;
   selftest) selftest ;;
-  *) echo "usage: scripts/gpu.sh pack | run -- CMD... | selftest" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu.sh pack | run -- CMD... | selftest | checks" >&2; exit 2 ;;
 esac

@@ -7,6 +7,8 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo::rustc-check-cfg=cfg(moco_gloo)");
+    println!("cargo::rustc-check-cfg=cfg(moco_nccl)");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
     // Rebuild with distributed support once libgloo-dev appears.
     println!("cargo:rerun-if-changed=/usr/include/gloo/config.h");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
@@ -31,8 +33,10 @@ fn main() {
             .iter()
             .map(std::path::Path::new)
             .find(|d| d.join("gloo/config.h").exists());
+        let cuda_libtorch = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
         if let Some(gloo) = gloo {
-            cc::Build::new()
+            let mut build = cc::Build::new();
+            build
                 .cpp(true)
                 .file("csrc/dist.cpp")
                 .include(&include)
@@ -41,8 +45,21 @@ fn main() {
                 .define("USE_C10D_GLOO", None)
                 .flag("-std=c++17")
                 .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-                .warnings(false)
-                .compile("moco_dist");
+                .warnings(false);
+            // ProcessGroupNCCL: its header pulls in the CUDA runtime's headers (crt/ and CCCL's
+            // nv/ included: the wheel's nvidia-cuda-runtime lacks them, scripts/setup.sh adds
+            // nvidia-cuda-crt and nvidia-cuda-cccl) and nccl.h; the symbols are in libtorch_cuda.
+            let nccl = cuda_libtorch.then(|| nccl_includes(&lib)).flatten();
+            if let Some(dirs) = &nccl {
+                for d in dirs {
+                    build.include(d);
+                }
+                build.define("USE_C10D_NCCL", None);
+                println!("cargo:rustc-cfg=moco_nccl");
+            } else if cuda_libtorch {
+                println!("cargo:warning=CUDA/NCCL headers not found (scripts/setup.sh installs nvidia-cuda-crt and nvidia-cuda-cccl): building without NCCL; distributed runs use Gloo");
+            }
+            build.compile("moco_dist");
             println!("cargo:rustc-cfg=moco_gloo");
             println!("cargo:rustc-link-arg=-ltorch_cpu");
             println!("cargo:rustc-link-arg=-lc10");
@@ -51,8 +68,7 @@ fn main() {
         }
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         println!("cargo:rustc-link-search=native={lib}");
-        let cuda = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
-        let libs = if cuda {
+        let libs = if cuda_libtorch {
             "-ltorch -ltorch_cuda"
         } else {
             "-ltorch"
@@ -63,4 +79,29 @@ fn main() {
         }
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// Include folders for ProcessGroupNCCL.hpp: the CUDA runtime headers (with `crt/host_config.h`)
+/// and `nccl.h`, from the wheel's nvidia packages next to torch, else from CUDA_HOME.
+fn nccl_includes(torch_lib: &str) -> Option<Vec<std::path::PathBuf>> {
+    use std::path::PathBuf;
+    let site = PathBuf::from(torch_lib).join("../..");
+    let cuda_dirs = [
+        Some(site.join("nvidia/cu13/include")),
+        std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")),
+        Some(PathBuf::from("/usr/local/cuda/include")),
+    ];
+    let cuda = cuda_dirs.into_iter().flatten().find(|d| {
+        ["cuda_runtime.h", "crt/host_config.h", "nv/target"]
+            .iter()
+            .all(|f| d.join(f).exists())
+    })?;
+    let nccl = [site.join("nvidia/nccl/include"), cuda.clone()]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists())?;
+    println!(
+        "cargo:rerun-if-changed={}",
+        cuda.join("crt/host_config.h").display()
+    );
+    Some(vec![cuda, nccl])
 }

@@ -1,5 +1,6 @@
 // PyTorch's distributed engine (c10d, inside libtorch) for moco-train: TCPStore rendezvous and
-// ProcessGroupGloo collectives, behind a C ABI. tch 0.24 wraps none of c10d. Every function
+// ProcessGroupGloo (CPU) or ProcessGroupNCCL (CUDA, when built with USE_C10D_NCCL) collectives,
+// behind a C ABI. tch 0.24 wraps none of c10d. Every function
 // catches C++ exceptions and reports them through `err` (a timeout, a peer that closed its
 // connection), so Rust turns them into one-line errors instead of aborting.
 #include <cstdio>
@@ -11,12 +12,15 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 namespace {
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> pg;
 };
 
 void report(char* err, size_t len, const char* what) {
@@ -41,9 +45,10 @@ int guarded(char* err, size_t len, F f) {
 }  // namespace
 
 // With `server`, this rank hosts the store on `host:port`; the others connect to it, retrying
-// until `timeout_ms`. Under torchrun the agent hosts it and every rank is a client.
+// until `timeout_ms`. Under torchrun the agent hosts it and every rank is a client. `nccl_device`
+// ≥ 0 asks for ProcessGroupNCCL bound to that CUDA device; otherwise Gloo.
 extern "C" void* moco_dist_init(const char* host, int port, int rank, int world, int server,
-                                int timeout_ms, char* err, size_t errlen) {
+                                int timeout_ms, int nccl_device, char* err, size_t errlen) {
   Group* g = nullptr;
   // c10d logs every connection retry with a C++ backtrace; moco-train reports failures itself in
   // one line. TORCH_CPP_LOG_LEVEL still wins when set.
@@ -62,6 +67,20 @@ extern "C" void* moco_dist_init(const char* host, int port, int rank, int world,
     // Our keys in a namespace of their own (torchrun's agent keeps its keys in the same store).
     auto store = c10::make_intrusive<c10d::PrefixStore>(
         "moco-rs", c10::make_intrusive<c10d::TCPStore>(std::string(host), so));
+    if (nccl_device >= 0) {
+#ifdef USE_C10D_NCCL
+      auto nopts = c10d::ProcessGroupNCCL::Options::create();
+      nopts->timeout = timeout;
+      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nopts);
+      // Bound up front: barrier() and the communicator's first use need no device guess (the
+      // collectives themselves run on their tensors' device).
+      pg->setBoundDeviceId(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(nccl_device)));
+      g = new Group{store, pg};
+      return;
+#else
+      throw std::runtime_error("this moco-train was built without NCCL");
+#endif
+    }
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     // GLOO_SOCKET_IFNAME picks the interface, as in PyTorch; a loopback master means one host.
     const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");

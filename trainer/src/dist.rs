@@ -1,12 +1,49 @@
 //! Data-parallel pretraining on PyTorch's own distributed engine: c10d's TCPStore rendezvous and
-//! ProcessGroupGloo collectives inside libtorch, reached through `csrc/dist.cpp` (tch wraps none
+//! ProcessGroupGloo (CPU) or ProcessGroupNCCL (CUDA) collectives inside libtorch, reached through `csrc/dist.cpp` (tch wraps none
 //! of c10d). Ranks are configured like torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 //! MASTER_PORT) or started locally by `pretrain --nproc N`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// Which c10d process group carries the collectives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DistBackend {
+    /// NCCL when the run is on CUDA and this build has it, else Gloo (PyTorch's advice).
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl DistBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            DistBackend::Auto => "auto",
+            DistBackend::Gloo => "gloo",
+            DistBackend::Nccl => "nccl",
+        }
+    }
+
+    /// The concrete backend for a run on `device`, or why it cannot be had.
+    pub fn resolve(self, device: Device) -> Result<DistBackend> {
+        let built = cfg!(moco_nccl);
+        match self {
+            DistBackend::Auto if device.is_cuda() && built => Ok(DistBackend::Nccl),
+            DistBackend::Auto | DistBackend::Gloo => Ok(DistBackend::Gloo),
+            DistBackend::Nccl if !device.is_cuda() => bail!(
+                "--dist-backend nccl: NCCL runs on CUDA devices and this run is on {device:?} \
+                 (use --dist-backend gloo on the CPU)"
+            ),
+            DistBackend::Nccl if !built => bail!(
+                "--dist-backend nccl: this moco-train was built without NCCL (the CUDA and NCCL \
+                 headers of scripts/setup.sh were missing); use --dist-backend gloo"
+            ),
+            DistBackend::Nccl => Ok(DistBackend::Nccl),
+        }
+    }
+}
 
 /// Where this process sits in the job, from torchrun's variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +97,19 @@ impl DistEnv {
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
         }))
     }
+
+    /// A group of one rank on a store of its own (any free port): the collectives run for real,
+    /// as a check of the backend, and change nothing.
+    pub fn single() -> DistEnv {
+        DistEnv {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 0,
+            agent_store: false,
+        }
+    }
 }
 
 #[cfg(moco_gloo)]
@@ -73,6 +123,7 @@ mod ffi {
             world: c_int,
             server: c_int,
             timeout_ms: c_int,
+            nccl_device: c_int,
             err: *mut c_char,
             errlen: usize,
         ) -> *mut c_void;
@@ -131,10 +182,12 @@ pub fn interleave(gathered: &Tensor, world: usize) -> Tensor {
         .reshape(flat.as_slice())
 }
 
-/// A process group of `world` ranks (Gloo: CPU tensors, or CUDA tensors staged through the host).
+/// A process group of `world` ranks (NCCL: CUDA tensors; Gloo: CPU tensors, or CUDA tensors
+/// staged through the host).
 pub struct Dist {
     pub rank: usize,
     pub world: usize,
+    pub backend: DistBackend,
     #[cfg(moco_gloo)]
     group: *mut std::os::raw::c_void,
 }
@@ -158,7 +211,17 @@ fn call(what: &str, f: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32) -> 
 
 impl Dist {
     #[cfg(moco_gloo)]
-    pub fn init(env: &DistEnv, timeout: Duration) -> Result<Dist> {
+    pub fn init(
+        env: &DistEnv,
+        backend: DistBackend,
+        device: Device,
+        timeout: Duration,
+    ) -> Result<Dist> {
+        let backend = backend.resolve(device)?;
+        let nccl_device = match (backend, device) {
+            (DistBackend::Nccl, Device::Cuda(i)) => i as i32,
+            _ => -1,
+        };
         let host = std::ffi::CString::new(env.master_addr.clone())?;
         let mut buf = vec![0u8; 1024];
         // SAFETY: valid C strings and buffer; the shim catches every C++ exception.
@@ -170,6 +233,7 @@ impl Dist {
                 env.world as i32,
                 (env.rank == 0 && !env.agent_store) as i32,
                 timeout.as_millis().min(i32::MAX as u128) as i32,
+                nccl_device,
                 buf.as_mut_ptr().cast(),
                 buf.len(),
             )
@@ -179,10 +243,11 @@ impl Dist {
                 .map(|c| c.to_string_lossy().into_owned())
                 .unwrap_or_default();
             bail!(
-                "rank {} of {}: cannot join the group at MASTER_ADDR={} MASTER_PORT={} within \
-                 {:.0}s: {}",
+                "rank {} of {}: cannot join the {} group at MASTER_ADDR={} MASTER_PORT={} \
+                 within {:.0}s: {}",
                 env.rank,
                 env.world,
+                backend.name(),
                 env.master_addr,
                 env.master_port,
                 timeout.as_secs_f64(),
@@ -192,15 +257,21 @@ impl Dist {
         Ok(Dist {
             rank: env.rank,
             world: env.world,
+            backend,
             group,
         })
     }
 
     #[cfg(not(moco_gloo))]
-    pub fn init(env: &DistEnv, _timeout: Duration) -> Result<Dist> {
-        let _ = env;
+    pub fn init(
+        env: &DistEnv,
+        backend: DistBackend,
+        device: Device,
+        _timeout: Duration,
+    ) -> Result<Dist> {
+        let _ = (env, backend.resolve(device)?);
         bail!(
-            "WORLD_SIZE > 1: this moco-train was built without Gloo's headers (apt-get install \
+            "a distributed run: this moco-train was built without Gloo's headers (apt-get install \
              libgloo-dev, then rebuild)"
         )
     }

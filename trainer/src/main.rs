@@ -28,11 +28,11 @@ struct SynthArgs {
     /// Output directory (must not exist; written to a temp directory, then renamed).
     #[arg(long)]
     out: PathBuf,
-    /// Number of classes (shape families), 1..=10.
+    /// Number of classes (texture families), 1..=10.
     #[arg(long, default_value_t = 10)]
     classes: usize,
-    /// Labeled training images per class.
-    #[arg(long, default_value_t = 100)]
+    /// Labeled training images per class (500: kNN's k=200 needs more than 100 per class).
+    #[arg(long, default_value_t = 500)]
     train_per_class: usize,
     /// Validation images per class.
     #[arg(long, default_value_t = 50)]

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::{self, DecodedSplit, ImageBank};
-use crate::dist::{Dist, DistEnv};
+use crate::dist::{Dist, DistBackend, DistEnv};
 use crate::knn;
 use crate::metrics::MetricsLog;
 use crate::moco::checkpoint::{self, State};
@@ -121,6 +121,10 @@ pub struct PretrainArgs {
     /// Seconds a rank waits for the rendezvous or for a collective before giving up.
     #[arg(long, default_value_t = 1800)]
     pub dist_timeout: u64,
+    /// Collectives of a distributed run: auto (NCCL on CUDA when built with it, else Gloo), gloo
+    /// or nccl. Naming one outside torchrun/--nproc runs a group of one rank (a backend check).
+    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
+    pub dist_backend: DistBackend,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -275,19 +279,24 @@ fn check_writable(out: &Path) -> Result<()> {
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
     let mut device = a.io.setup()?;
-    let env = DistEnv::from_env()?;
+    let env = match DistEnv::from_env()? {
+        None if a.dist_backend != DistBackend::Auto => Some(DistEnv::single()),
+        env => env,
+    };
+    if let (Device::Cuda(0), Some(env)) = (device, &env) {
+        device = Device::Cuda(env.local_rank);
+    }
     let dist = match &env {
         Some(env) => Some(Rc::new(Dist::init(
             env,
+            a.dist_backend,
+            device,
             Duration::from_secs(a.dist_timeout),
         )?)),
         None => None,
     };
     let (rank, world) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
     let lead = rank == 0;
-    if let (Device::Cuda(0), Some(env)) = (device, &env) {
-        device = Device::Cuda(env.local_rank);
-    }
     if a.amp != Amp::Off && !device.is_cuda() {
         bail!(
             "--amp {:?}: mixed precision runs on CUDA only (use --amp off on CPU)",
@@ -397,6 +406,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         "run": {
             "threads": tch::get_num_threads(),
             "device": format!("{device:?}"),
+            "dist_backend": dist.as_ref().map(|d| d.backend.name()),
             "channels_last": device.is_cuda() && !a.no_channels_last,
             "checkpoint_every": a.checkpoint_every,
             "knn_every": a.knn_every,

@@ -1,6 +1,7 @@
 //! Data-parallel pretraining over c10d/Gloo on loopback: 2 ranks × B/2 against 1 process × B
-//! with the same `--bn-splits`, and the failures a cluster job meets (another world size on
-//! resume, an unreachable master, a rank that dies).
+//! with the same `--bn-splits`, a group of one against no group, and the failures a cluster job
+//! meets (another world size on resume, an unreachable master, a rank that dies, NCCL asked for
+//! on the CPU).
 
 mod common;
 
@@ -149,6 +150,33 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
     fails_with(
         &again.iter().map(String::as_str).collect::<Vec<_>>(),
         "written by 2 rank(s), this run has 1",
+    );
+}
+
+#[test]
+fn a_group_of_one_changes_nothing_and_nccl_needs_cuda() {
+    // `--dist-backend gloo` outside a launcher: a real one-rank group whose collectives (the
+    // shuffle-BN gathers, the gradient all-reduce, the broadcasts) must leave every bit as a
+    // plain run leaves it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, group) = (tmp.path().join("plain"), tmp.path().join("group"));
+    ok(&pretrain_args(&plain, &["--steps", "3"]));
+    ok(&pretrain_args(
+        &group,
+        &["--steps", "3", "--dist-backend", "gloo"],
+    ));
+    assert_eq!(
+        std::fs::read(plain.join("encoder.safetensors")).unwrap(),
+        std::fs::read(group.join("encoder.safetensors")).unwrap()
+    );
+    assert_eq!(losses(&plain), losses(&group));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(group.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["run"]["dist_backend"], "gloo");
+    let args = pretrain_args(&tmp.path().join("n"), &["--dist-backend", "nccl"]);
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "--dist-backend nccl: NCCL runs on CUDA devices",
     );
 }
 
