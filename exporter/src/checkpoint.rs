@@ -3,8 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use models::preprocess::META_CLASSES;
-use models::{Arch, Classifier, Preprocess, ResNetDesc, TensorMap};
+use models::{Arch, Classifier, ClassifierFile, Preprocess, ResNetDesc, TensorMap};
 
 use crate::ExportError;
 
@@ -85,21 +84,10 @@ impl Checkpoint {
 
         let classifier = match o.classifier {
             None => None,
-            Some(path) => {
-                let map = TensorMap::load(path)?;
-                let cfile = display(path);
-                let classes = map
-                    .get("fc.bias")
-                    .and_then(|b| b.shape.first().copied())
-                    .ok_or_else(|| models::ModelError::MissingTensor {
-                        file: cfile.clone(),
-                        name: "fc.bias".into(),
-                    })?;
-                let head = Classifier::new(desc.feature_dim, classes);
-                map.check(&head.tensors(), &cfile, "a linear classifier", |_| false)?;
-                Some((head, map))
-            }
+            Some(path) => Some(ClassifierFile::load(path, desc.feature_dim)?),
         };
+        let classifier_names = classifier.as_ref().and_then(|c| c.class_names.clone());
+        let classifier = classifier.map(|c| (c.head, c.map));
 
         let config_path: Option<PathBuf> = o.config.map(Path::to_path_buf).or_else(|| {
             let p = o.encoder.parent()?.join("config.json");
@@ -124,15 +112,8 @@ impl Checkpoint {
         let n_classes = classifier.as_ref().map(|(h, _)| h.fc.out_features);
         let class_names = match (o.classes, &classifier) {
             (Some(path), _) => read_class_names(path)?,
-            (None, Some((_, map))) => match map.metadata.get(META_CLASSES) {
-                Some(json) => serde_json::from_str(json).map_err(|e| {
-                    ExportError::input(
-                        o.classifier.unwrap_or(o.encoder),
-                        format!("{META_CLASSES}: {e}"),
-                    )
-                })?,
-                None => (0..n_classes.unwrap_or(0)).map(|i| i.to_string()).collect(),
-            },
+            (None, Some(_)) => classifier_names
+                .unwrap_or_else(|| (0..n_classes.unwrap_or(0)).map(|i| i.to_string()).collect()),
             (None, None) => vec![],
         };
         if let Some(n) = n_classes {

@@ -38,6 +38,18 @@ pub enum ModelError {
         named: String,
         found: String,
     },
+    #[error("{file}: fc.weight is {found:?}, the encoder gives {feature_dim}-d features (another arch?)")]
+    FeatureWidth {
+        file: String,
+        found: Vec<usize>,
+        feature_dim: usize,
+    },
+    #[error("{file}: metadata `{key}`: {message}")]
+    Metadata {
+        file: String,
+        key: String,
+        message: String,
+    },
     #[error("{file}: unexpected tensor `{name}` (not part of {what})")]
     UnexpectedTensor {
         file: String,

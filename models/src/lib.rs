@@ -19,7 +19,7 @@ pub mod tch_lowering;
 
 pub use arch::{Arch, BlockKind};
 pub use error::{ModelError, Result};
-pub use heads::{Classifier, MlpHead, MOCO_DIM};
+pub use heads::{Classifier, ClassifierFile, MlpHead, MOCO_DIM};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
 pub use preprocess::Preprocess;
 pub use resnet::{Block, ResNetDesc, Stage, Stem};

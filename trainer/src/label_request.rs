@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use datasets::layout::Split;
-use models::{Classifier, Preprocess, TensorMap};
+use models::Preprocess;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -108,40 +108,21 @@ fn load_classifier(
     classes: &[String],
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
-    let map = TensorMap::load(path)?;
-    let file = path.display().to_string();
-    let shape = map
-        .get("fc.weight")
-        .map(|t| t.shape.clone())
-        .with_context(|| format!("--classifier {file}: no `fc.weight`"))?;
-    if shape.len() != 2 || shape[1] != feature_dim {
-        bail!(
-            "--classifier {file}: fc.weight is {shape:?}, the encoder gives {feature_dim}-d \
-             features (another arch?)"
-        );
-    }
-    if shape[0] != classes.len() {
+    let c = models::ClassifierFile::load(path, feature_dim)
+        .map_err(|e| anyhow::anyhow!("--classifier {e}"))?;
+    let file = path.display();
+    if c.head.fc.out_features != classes.len() {
         bail!(
             "--classifier {file}: {} classes, the dataset has {}",
-            shape[0],
+            c.head.fc.out_features,
             classes.len()
         );
     }
-    map.check(
-        &Classifier::new(feature_dim, classes.len()).tensors(),
-        &file,
-        "a linear classifier",
-        |_| false,
-    )?;
-    if let Some(names) = map.metadata.get(models::preprocess::META_CLASSES) {
-        let names: Vec<String> = serde_json::from_str(names)
-            .with_context(|| format!("--classifier {file}: unreadable class names"))?;
-        if names != classes {
-            bail!("--classifier {file}: its classes differ from the dataset's ({names:?})");
-        }
+    if let Some(names) = c.class_names.filter(|n| n != classes) {
+        bail!("--classifier {file}: its classes differ from the dataset's ({names:?})");
     }
     let t = |name: &str| {
-        models::tch_lowering::convert::data_to_tensor(map.get(name).unwrap()).to(device)
+        models::tch_lowering::convert::data_to_tensor(c.map.get(name).unwrap()).to(device)
     };
     Ok((t("fc.weight"), t("fc.bias")))
 }
