@@ -30,9 +30,14 @@ pack() {
     cp "target/release/$b" "$pack_dir/bin/"
     strip "$pack_dir/bin/$b"
   done
+  # The stripped binaries are ~85 MiB, over what the device tool carries: ship them gzipped
+  # (~25 MiB); `run` unpacks them there.
+  tar -C "$pack_dir" -czf "$pack_dir/bin.tar.gz" bin
+  local names; names="$(ls "$pack_dir/bin" | tr '\n' ' ')"
+  rm -rf "$pack_dir/bin"
   git rev-parse HEAD > "$pack_dir/COMMIT" 2>/dev/null || true
   local mib=$(( $(du -sk "$pack_dir" | cut -f1) / 1024 ))
-  echo "gpu.sh pack: $pack_dir holds ${mib} MiB: $(ls "$pack_dir/bin" | tr '\n' ' ')" >&2
+  echo "gpu.sh pack: $pack_dir holds ${mib} MiB (gzipped): $names" >&2
   if [ "$mib" -ge "$limit_mib" ]; then
     echo "gpu.sh pack: ${mib} MiB is over the ${limit_mib} MiB budget of the device tool" >&2
     exit 1
@@ -42,6 +47,9 @@ pack() {
 run() {
   cd "$root"
   [ "${1:-}" = "--" ] && shift
+  if [ ! -d "$pack_dir/bin" ] && [ -f "$pack_dir/bin.tar.gz" ]; then
+    tar -C "$pack_dir" -xzf "$pack_dir/bin.tar.gz"
+  fi
   local py="${MOCO_PYTHON:-python3}"
   local torch_lib
   torch_lib="$("$py" -c 'import torch,os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
@@ -82,7 +90,7 @@ checks() {
   check gloo-cuda-step moco-train pretrain --data "$data" --out "$out/gloo" --device cuda \
     --dist-backend gloo --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
   check bench-data moco-train bench-data --data "$data" --device cuda --batch-size 256 --json
-  check ort-providers python3 -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())'
+  check ort-providers bash -c '"$MOCO_PYTHON" -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"'
   cat "$out/summary.txt" >&2
 }
 
