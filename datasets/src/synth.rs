@@ -67,6 +67,10 @@ struct Texture {
     class: usize,
     cos: f32,
     sin: f32,
+    /// The orientation as atan2 gives it back, and the three 60°-apart directions of the
+    /// triangle lattice: per image, not per pixel.
+    turn: f32,
+    dirs: [(f32, f32); 3],
     period: f32,
     phase: [f32; 2],
     centre: [f32; 2],
@@ -93,10 +97,17 @@ impl Texture {
         } else {
             Vec::new()
         };
+        let (cos, sin) = (angle.cos(), angle.sin());
+        let dirs = [0, 1, 2].map(|j| {
+            let a = (j as f32) * PI / 3.0;
+            (a.cos() * cos - a.sin() * sin, a.sin() * cos + a.cos() * sin)
+        });
         Texture {
             class,
-            cos: angle.cos(),
-            sin: angle.sin(),
+            cos,
+            sin,
+            turn: sin.atan2(cos),
+            dirs,
             period: rng.random_range(9.0..18.0),
             phase: [rng.random(), rng.random()],
             centre: [rng.random_range(20.0..76.0), rng.random_range(20.0..76.0)],
@@ -124,7 +135,7 @@ impl Texture {
             1 => (2.0 * PI * uu).sin() * (2.0 * PI * vv).sin() > 0.0,
             2 => frac_dist(uu).powi(2) + frac_dist(vv).powi(2) < 0.09,
             3 => wave(dx.hypot(dy) / self.period),
-            4 => (self.arms * (dy.atan2(dx) + self.sin.atan2(self.cos))).sin() > 0.0,
+            4 => (self.arms * (dy.atan2(dx) + self.turn)).sin() > 0.0,
             5 => frac_dist(uu) < 0.12 || frac_dist(vv) < 0.12,
             6 => wave(vv + self.arms * (PI * uu).sin()),
             7 => self.blob(x, y) > 0.0,
@@ -136,12 +147,7 @@ impl Texture {
                 };
                 frac_dist(uu * 0.5 + shift) < 0.06 || frac_dist(vv) < 0.1
             }
-            _ => (0..3).fold(true, |m, j| {
-                let a = (j as f32) * PI / 3.0;
-                let (c, s) = (
-                    a.cos() * self.cos - a.sin() * self.sin,
-                    a.sin() * self.cos + a.cos() * self.sin,
-                );
+            _ => self.dirs.iter().enumerate().fold(true, |m, (j, &(c, s))| {
                 m ^ wave((c * x + s * y) / self.period + self.phase[0] * j as f32)
             }),
         }

@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use models::{Arch, Classifier, ClassifierFile, Preprocess, ResNetDesc, TensorMap};
+use models::{Arch, ClassifierFile, Preprocess, ResNetDesc, TensorMap};
 
 use crate::ExportError;
 
 pub struct Checkpoint {
     pub desc: ResNetDesc,
     pub encoder: TensorMap,
-    pub classifier: Option<(Classifier, TensorMap)>,
+    pub classifier: Option<ClassifierFile>,
     pub class_names: Vec<String>,
     pub preprocess: Preprocess,
     /// `RUN/config.json` beside the encoder, when there is one.
@@ -82,12 +82,10 @@ impl Checkpoint {
             n.starts_with("fc.")
         })?;
 
-        let classifier = match o.classifier {
-            None => None,
-            Some(path) => Some(ClassifierFile::load(path, desc.feature_dim)?),
-        };
-        let classifier_names = classifier.as_ref().and_then(|c| c.class_names.clone());
-        let classifier = classifier.map(|c| (c.head, c.map));
+        let classifier = o
+            .classifier
+            .map(|path| ClassifierFile::load(path, desc.feature_dim))
+            .transpose()?;
 
         let config_path: Option<PathBuf> = o.config.map(Path::to_path_buf).or_else(|| {
             let p = o.encoder.parent()?.join("config.json");
@@ -109,11 +107,13 @@ impl Checkpoint {
             None => Preprocess::default(),
         };
 
-        let n_classes = classifier.as_ref().map(|(h, _)| h.fc.out_features);
+        let n_classes = classifier.as_ref().map(|c| c.head.fc.out_features);
         let class_names = match (o.classes, &classifier) {
             (Some(path), _) => read_class_names(path)?,
-            (None, Some(_)) => classifier_names
-                .unwrap_or_else(|| (0..n_classes.unwrap_or(0)).map(|i| i.to_string()).collect()),
+            (None, Some(c)) => c
+                .class_names
+                .clone()
+                .unwrap_or_else(|| (0..c.head.fc.out_features).map(|i| i.to_string()).collect()),
             (None, None) => vec![],
         };
         if let Some(n) = n_classes {

@@ -101,11 +101,11 @@ pub fn build_model(ck: &Checkpoint, opts: ExportOptions, source: serde_json::Val
     let features = lower_resnet::lower_backbone(&mut g, &ck.desc, &ck.encoder, &x, opts.fold);
 
     let mut outputs = Vec::new();
-    if let Some((head, map)) = &ck.classifier {
-        lower_resnet::lower_linear(&mut g, &head.fc, map, &features, "logits");
+    if let Some(c) = &ck.classifier {
+        lower_resnet::lower_linear(&mut g, &c.head.fc, &c.map, &features, "logits");
         g.output(
             "logits",
-            &[Dim::Named("N"), Dim::Fixed(head.fc.out_features as i64)],
+            &[Dim::Named("N"), Dim::Fixed(c.head.fc.out_features as i64)],
         );
         outputs.push("logits".to_string());
     }

@@ -53,7 +53,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
     // The uninterrupted run, timed: start-up and per-step times place the random kills.
     let args_a = pretrain_args(&a, &["--steps", &steps_flag]);
     let t0 = Instant::now();
-    let out = run(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&args_a);
     let total = t0.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}", stderr(&out));
     let wall: Vec<f64> = std::fs::read_to_string(a.join("metrics.jsonl"))
@@ -129,7 +129,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
         );
     }
     assert!(kills.len() >= 5, "{kills:?}");
-    let out = run(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&args_b);
     assert!(out.status.success(), "{}", stderr(&out));
     let ea = std::fs::read(a.join("encoder.safetensors")).unwrap();
     assert!(
@@ -150,10 +150,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
     let out = run(&pretrain_args(
         &b,
         &["--steps", &steps_flag, "--resume", "--temperature", "0.1"],
-    )
-    .iter()
-    .map(String::as_str)
-    .collect::<Vec<_>>());
+    ));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("another configuration"),
@@ -175,7 +172,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(newest, bytes).unwrap();
-    let out = run(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&args_b);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("checksum mismatch"),
@@ -261,7 +258,7 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
         &out,
         &["--lr", "1e30", "--steps", "20", "--checkpoint-every", "1"],
     );
-    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&args);
     let err = stderr(&o);
     assert!(!o.status.success(), "a run with lr 1e30 succeeded: {err}");
     assert!(err.contains("NaN") || err.contains("inf"), "{err}");

@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 }
 
 fn ok(args: &[String]) {
-    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args);
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
 }
 
@@ -147,10 +147,7 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
 
     // A resume must keep the world size (the data shards depend on it).
     let again: Vec<String> = pretrain_args(&two, &["--steps", "4", "--bn-splits", "2", "--resume"]);
-    fails_with(
-        &again.iter().map(String::as_str).collect::<Vec<_>>(),
-        "written by 2 rank(s), this run has 1",
-    );
+    fails_with(&again, "written by 2 rank(s), this run has 1");
 }
 
 #[test]
@@ -174,10 +171,7 @@ fn a_group_of_one_changes_nothing_and_nccl_needs_cuda() {
         serde_json::from_str(&std::fs::read_to_string(group.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["run"]["dist_backend"], "gloo");
     let args = pretrain_args(&tmp.path().join("n"), &["--dist-backend", "nccl"]);
-    fails_with(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        "--dist-backend nccl: NCCL runs on CUDA devices",
-    );
+    fails_with(&args, "--dist-backend nccl: NCCL runs on CUDA devices");
 }
 
 #[test]

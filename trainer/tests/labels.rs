@@ -17,7 +17,7 @@ fn encoder() -> &'static Path {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("run");
         let args = pretrain_args(&out, &["--steps", "2"]);
-        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = run(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         (d, out.join("encoder.safetensors"))
     })
@@ -154,7 +154,7 @@ fn every_strategy_writes_a_ranked_request_and_bad_requests_are_refused() {
     };
     let call = |extra: &[&str], needle: &str| {
         let args = base(extra);
-        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+        fails_with(&args, needle);
     };
     call(
         &["--budget", "25"],

@@ -2,13 +2,15 @@
 //! generated dataset per test process.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_moco-train");
 
-pub fn run(args: &[&str]) -> Output {
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("MOCO_CACHE_DIR", cache_dir())
@@ -58,7 +60,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-pub fn fails_with(args: &[&str], needle: &str) {
+pub fn fails_with<S: AsRef<OsStr> + Debug>(args: &[S], needle: &str) {
     let out = run(args);
     let err = stderr(&out);
     assert!(!out.status.success(), "{args:?} succeeded");
