@@ -131,11 +131,25 @@ pub struct PretrainArgs {
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Train in float64 (CPU, no --amp, no kNN monitor): a check mode whose numbers do not depend
+    /// on the CPU's float path, for comparing two runs of the same algorithm over many steps.
+    /// The encoder file and checkpoints are still written in float32.
+    #[arg(long)]
+    pub float64: bool,
+}
+
+/// The floating-point kind of the variables, views and loss.
+fn compute_kind(a: &PretrainArgs) -> Kind {
+    if a.float64 {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }
 
 /// What a resume must agree on: everything that changes the numbers of a step.
 fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usize) -> Value {
-    json!({
+    let mut config = json!({
         "data": a.io.data.display().to_string(),
         "splits": a.splits,
         "images": n_images,
@@ -156,7 +170,12 @@ fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usi
         "size": a.io.size,
         "seed": a.seed,
         "augmentation": aug,
-    })
+    });
+    // Only when set, so that the runs written before the flag existed still resume.
+    if a.float64 {
+        config["float64"] = json!(true);
+    }
+    config
 }
 
 pub struct KnnMonitor {
@@ -303,6 +322,9 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             a.amp
         );
     }
+    if a.float64 && (a.amp != Amp::Off || device.is_cuda() || !a.no_knn) {
+        bail!("--float64 is a CPU check mode: use it with --device cpu, --amp off and --no-knn");
+    }
     if a.amp != Amp::Off {
         crate::amp::set_cuda_dtype(a.amp == Amp::Bf16)?;
     }
@@ -428,6 +450,8 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         fault: Default::default(),
     };
     let mut moco = Moco::new(cfg, device);
+    let kind = compute_kind(a);
+    moco.set_kind(kind);
     if let Some(d) = &dist {
         // Every rank starts from rank 0's weights and queue, as DDP does.
         // Collectives pair up by position: `Moco::variables` has one order on every rank.
@@ -494,7 +518,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     bar.set_position(start);
     let t0 = Instant::now();
     let mut order: (u64, Vec<i64>) = (u64::MAX, Vec::new());
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut loss_sum = Tensor::zeros([], (kind, device));
     let mut interval = (0u64, Instant::now());
     let mut last_loss = f64::NAN;
     let mut last_knn = None;
@@ -532,7 +556,10 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         let s = a.io.size;
         let p1 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
         let p2 = crate::dist::share(&aug.draw(&mut rng, a.batch_size, s, s), rank, world);
-        let (mut im1, mut im2) = (aug.views(&images, &p1), aug.views(&images, &p2));
+        let (mut im1, mut im2) = (
+            aug.views(&images, &p1).to_kind(kind),
+            aug.views(&images, &p2).to_kind(kind),
+        );
         if channels_last {
             crate::amp::make_channels_last(&mut im1)?;
             crate::amp::make_channels_last(&mut im2)?;
@@ -545,7 +572,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
 
         opt.zero_grad();
         let out = tch::autocast(a.amp != Amp::Off, || moco.forward(&im1, &im2, &perms))?;
-        let loss = out.loss.to_kind(Kind::Float);
+        let loss = out.loss.to_kind(kind);
         let scale = scaler.as_ref().map_or(1.0, |sc| sc.scale);
         (&loss * scale).backward();
         if let Some(d) = &dist {
@@ -559,7 +586,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         if take {
             opt.step(lr);
         }
-        moco.enqueue(&out.keys.to_kind(Kind::Float));
+        moco.enqueue(&out.keys.to_kind(kind));
         loss_sum += loss.detach();
         interval.0 += 1;
 
@@ -606,7 +633,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
                 log.write(&rec)?;
             }
             bar.set_message(format!("pretrain loss {mean:.4} lr {lr:.4} {ips:.1} img/s"));
-            loss_sum = Tensor::zeros([], (Kind::Float, device));
+            loss_sum = Tensor::zeros([], (kind, device));
             interval = (0, Instant::now());
             if checkpoint_now {
                 // The loss checks the weights a step behind: check this step's result too.

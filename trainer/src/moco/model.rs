@@ -130,6 +130,13 @@ impl Moco {
 
     /// Every variable of both encoders (BN buffers included) as `q/<name>` and `k/<name>`,
     /// sorted by name: the checkpoint's names, and one order on every rank.
+    /// Every variable, BN statistic and the queue in `kind` (float64 for the check mode).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs_q.set_kind(kind);
+        self.vs_k.set_kind(kind);
+        self.queue = self.queue.to_kind(kind);
+    }
+
     pub fn variables(&self) -> Vec<(String, Tensor)> {
         let named = |prefix: &str, vs: &VarStore| {
             vs.variables()
