@@ -9,10 +9,11 @@ CARGO_TEST_FLAGS ?=
 setup:
 	@bash scripts/setup.sh
 
-# Per package: one workspace-wide build would unify features and link libtorch into moco-infer.
+# The workspace as `make test` builds it (the same features, so nothing is rebuilt after it).
+# libtorch lives in moco-models-tch, a crate of its own, so moco-export and moco-infer stay
+# free of it in this build too (scripts/check-no-libtorch.sh).
 build: setup
-	$(ENV) cargo build --release -p moco-trainer -p moco-tests
-	$(ENV) cargo build --release -p moco-exporter -p moco-infer
+	$(ENV) cargo build --release --workspace --bins
 
 demo: build
 	$(ENV) bash scripts/demo.sh

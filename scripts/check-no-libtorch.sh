@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # exporter and infer ship without libtorch: neither may depend on tch or torch-sys, directly or
-# through models' `tch` feature, and their release binaries (built per package, since a
-# workspace-wide build unifies features) must not load it.
+# through another crate, and their release binaries must not load it, neither built alone nor
+# in the workspace build that `make test` and `make build` do (cargo unifies features there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -11,12 +11,17 @@ for crate in moco-exporter moco-infer; do
     fail=1
   fi
 done
+check_binaries() {
+  for bin in moco-export moco-infer; do
+    if ldd "target/release/$bin" | grep -E 'libtorch|libc10'; then
+      echo "check-no-libtorch: target/release/$bin ($1) loads libtorch (above)" >&2
+      fail=1
+    fi
+  done
+}
+cargo build --release -q --workspace --bins
+check_binaries "workspace build"
 cargo build --release -q -p moco-exporter -p moco-infer
-for bin in moco-export moco-infer; do
-  if ldd "target/release/$bin" | grep -E 'libtorch|libc10'; then
-    echo "check-no-libtorch: target/release/$bin loads libtorch (above)" >&2
-    fail=1
-  fi
-done
+check_binaries "built alone"
 [ "$fail" = 0 ] && echo "check-no-libtorch: moco-export and moco-infer neither depend on nor load libtorch"
 exit "$fail"

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("unknown architecture `{0}` (expected resnet18, resnet34 or resnet50)")]
     UnknownArch(String),
-    #[error("{path}: {source}")]
+    // The io error is printed here, not chained as a source: a chain would print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },

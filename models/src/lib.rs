@@ -1,7 +1,7 @@
 //! The network, described once.
 //!
 //! [`ResNetDesc`], [`MlpHead`] and [`Classifier`] are plain data: layer shapes, strides and
-//! torchvision's parameter names. Two lowerings read them: [`tch_lowering`] (feature `tch`) builds
+//! torchvision's parameter names. Two lowerings read them: `models_tch` (crate `moco-models-tch`) builds
 //! trainable libtorch modules for the trainer, and the exporter walks the same structs to emit ONNX
 //! nodes without linking libtorch. [`weights`] moves named tensors to and from safetensors.
 
@@ -13,9 +13,6 @@ pub mod preprocess;
 pub mod random_weights;
 pub mod resnet;
 pub mod weights;
-
-#[cfg(feature = "tch")]
-pub mod tch_lowering;
 
 pub use arch::{Arch, BlockKind};
 pub use error::{ModelError, Result};

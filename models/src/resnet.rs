@@ -1,6 +1,6 @@
 //! The ResNet backbone as data: torchvision's `ResNet` up to (not including) `fc`.
 //!
-//! Both lowerings walk this one description: `tch_lowering::ResNet` builds trainable modules
+//! Both lowerings walk this one description: `models_tch::ResNet` builds trainable modules
 //! from it and the exporter emits ONNX nodes from it. Changing the architecture is an edit here.
 
 use serde::Serialize;

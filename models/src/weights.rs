@@ -1,5 +1,5 @@
 //! Named tensors on disk as safetensors, without libtorch: the one format every crate reads and
-//! writes (the trainer through `tch_lowering::convert`, the exporter directly).
+//! writes (the trainer through `models_tch::convert`, the exporter directly).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -139,9 +139,9 @@ impl TensorMap {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_bytes(&bytes).map_err(|message| ModelError::Format {
             path: path.to_path_buf(),
@@ -269,9 +269,9 @@ pub fn write_atomic_with(
     bytes: &[u8],
     mut observe: impl FnMut(WriteStage),
 ) -> Result<()> {
-    let io = |source| ModelError::Io {
+    let io = |error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let dir = parent_dir(path);
     let name = path

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
-use models::tch_lowering::{convert::data_to_tensor, load_into, ClassifierModule, ResNet};
 use models::{Classifier, Preprocess, ResNetDesc, TensorMap};
+use models_tch::{convert::data_to_tensor, load_into, ClassifierModule, ResNet};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// `../shared/data/imagenette96` beside the checkout (or `$MOCO_IMAGENETTE`), when present.

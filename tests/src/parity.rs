@@ -1,13 +1,13 @@
 //! The Rust side of the torchvision parity check (tests/python/torchvision_parity.py writes the
-//! other side): the same weights and inputs through `models::tch_lowering`, compared quantity by
+//! other side): the same weights and inputs through `models_tch`, compared quantity by
 //! quantity. Shared by the integration test and the `moco-parity` binary (used on the GPU).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use models::tch_lowering::{convert::data_to_tensor, load_into, ClassifierModule, ResNet};
 use models::{Arch, Classifier, ResNetDesc, TensorMap, TensorRole};
+use models_tch::{convert::data_to_tensor, load_into, ClassifierModule, ResNet};
 use tch::{nn::VarStore, Device, Tensor};
 
 use crate::compare::{check, check_abs, Check};

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use moco_tests::fixtures::synthetic_image;
 use moco_tests::python::run_script;
-use models::tch_lowering::convert::tensor_to_data;
 use models::{TensorData, TensorMap};
+use models_tch::convert::tensor_to_data;
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
 use trainer::augment::params::{draw_view, resized_crop_box, AugConfig, Jitter, ViewParams};

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use moco_tests::compare::{check, check_abs, summarize, Check};
 use moco_tests::python::run_script;
-use models::tch_lowering::convert::tensor_to_data;
 use models::{Arch, TensorData, TensorMap};
+use models_tch::convert::tensor_to_data;
 use tch::{Device, Kind, Tensor};
 use trainer::augment::{AugConfig, Augmenter};
 use trainer::moco::model::{Fault, Moco, MocoConfig};

@@ -1,4 +1,4 @@
-//! models::tch_lowering against torchvision: same random weights, same inputs, same outputs
+//! models_tch against torchvision: same random weights, same inputs, same outputs
 //! (eval and train mode, SplitBatchNorm), gradients and BatchNorm running statistics.
 //! Reference: tests/python/torchvision_parity.py, run with the project's .venv.
 

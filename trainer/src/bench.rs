@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use datasets::layout::{Format, Split};
-use models::tch_lowering::parse_device;
 use models::Preprocess;
+use models_tch::parse_device;
 use serde_json::{json, Value};
 use tch::Device;
 

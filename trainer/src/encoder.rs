@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use models::tch_lowering::{load_into, ResNet};
 use models::{Arch, ResNetDesc, TensorMap};
+use models_tch::{load_into, ResNet};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -20,7 +20,8 @@ impl Backbone {
     /// (`fc.*`) in the file is ignored.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let file = path.display().to_string();
-        let mut map = TensorMap::load(path).with_context(|| format!("--encoder {file}"))?;
+        // The error names the file already.
+        let mut map = TensorMap::load(path).context("--encoder")?;
         // A pretraining checkpoint (`RUN/checkpoints/step-*.safetensors`) holds the query encoder
         // under `q/`: evaluate it as it stands, mid-run.
         if map.tensors.contains_key("q/conv1.weight") {

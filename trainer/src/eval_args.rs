@@ -35,7 +35,7 @@ impl EvalArgs {
     /// Sets the thread count and resolves `--device`.
     pub fn setup(&self) -> Result<Device> {
         crate::threads::set(self.threads);
-        models::tch_lowering::parse_device(&self.device).map_err(anyhow::Error::msg)
+        models_tch::parse_device(&self.device).map_err(anyhow::Error::msg)
     }
 
     /// One split, decoded into (or read from) the store.

@@ -35,8 +35,7 @@ pub struct FeatureMapsArgs {
 pub fn run(a: &FeatureMapsArgs) -> Result<serde_json::Value> {
     let backbone = Backbone::load(&a.encoder, Device::Cpu)?;
     let pre = Preprocess::default();
-    let img = datasets::decode::decode_file(&a.image)
-        .with_context(|| format!("--image {}", a.image.display()))?;
+    let img = datasets::decode::decode_file(&a.image).context("--image")?;
     let x = tch::Tensor::from_slice(&datasets::transform::eval_tensor(img, &pre)).view([
         1,
         3,

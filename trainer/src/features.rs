@@ -1,8 +1,8 @@
 //! Frozen-backbone features of a decoded split under the eval transform (the stored images are
 //! already resized and center-cropped: what is left is scaling to [0,1] and normalizing).
 
-use models::tch_lowering::ResNet;
 use models::Preprocess;
+use models_tch::ResNet;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::DecodedSplit;

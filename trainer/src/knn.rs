@@ -74,7 +74,7 @@ pub fn classify(
 /// Eval-transform features of a labeled bank and query split, then `classify` with (k, T):
 /// `moco-train knn` and pretraining's monitor.
 pub fn evaluate(
-    backbone: &models::tch_lowering::ResNet,
+    backbone: &models_tch::ResNet,
     bank: &crate::data::DecodedSplit,
     query: &crate::data::DecodedSplit,
     (k, t): (usize, f64),

@@ -121,9 +121,7 @@ fn load_classifier(
     if let Some(names) = c.class_names.filter(|n| n != classes) {
         bail!("--classifier {file}: its classes differ from the dataset's ({names:?})");
     }
-    let t = |name: &str| {
-        models::tch_lowering::convert::data_to_tensor(c.map.get(name).unwrap()).to(device)
-    };
+    let t = |name: &str| models_tch::convert::data_to_tensor(c.map.get(name).unwrap()).to(device);
     Ok((t("fc.weight"), t("fc.bias")))
 }
 

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod eval_args;
 pub mod feature_maps;
 pub mod features;
+pub mod isa;
 pub mod knn;
 pub mod label_request;
 pub mod linear;

@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datasets::layout::Split;
-use models::tch_lowering::{to_tensor_map, ClassifierModule};
 use models::{Arch, Classifier, Preprocess, TensorMap};
+use models_tch::{to_tensor_map, ClassifierModule};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
@@ -101,14 +101,8 @@ fn save_classifier(
     path: &std::path::Path,
 ) -> Result<()> {
     let mut map = TensorMap::new();
-    map.insert(
-        "fc.weight",
-        models::tch_lowering::tensor_to_data(&head.fc.weight),
-    );
-    map.insert(
-        "fc.bias",
-        models::tch_lowering::tensor_to_data(&head.fc.bias),
-    );
+    map.insert("fc.weight", models_tch::tensor_to_data(&head.fc.weight));
+    map.insert("fc.bias", models_tch::tensor_to_data(&head.fc.bias));
     map.metadata.insert(
         models::preprocess::META_CLASSES.into(),
         serde_json::to_string(classes)?,

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
 use trainer::{
-    bench, feature_maps, knn, label_request, linear, merge_labels, plot, pretrain, preview,
+    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, pretrain, preview,
 };
 
 #[derive(Parser, Debug)]
@@ -124,7 +124,19 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    let result = isa::IsaPath::from_env().and_then(|_| dispatch(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moco-train: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Pretrain(a) if a.nproc > 1 => pretrain::launch_local(&a),
         Command::Pretrain(a) => report(pretrain::run(&a), a.json),
         Command::Linear(a) => report(linear::run(&a), a.json),
@@ -152,16 +164,11 @@ fn main() -> ExitCode {
                     "has_cuda_build": tch::utils::has_cuda(),
                     "threads": tch::get_num_threads(),
                     "distributed_gloo": cfg!(moco_gloo),
+                    "host_loops_available": isa::names(&isa::IsaPath::available()),
+                    "host_loops_active": isa::IsaPath::active().name(),
                 })
             );
             Ok(())
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("moco-train: {e:#}");
-            ExitCode::FAILURE
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use datasets::layout::Split;
-use models::tch_lowering::to_tensor_map;
 use models::{Arch, Preprocess};
+use models_tch::to_tensor_map;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -184,7 +184,7 @@ pub struct KnnMonitor {
 }
 
 impl KnnMonitor {
-    pub fn evaluate(&self, backbone: &models::tch_lowering::ResNet, device: Device) -> Result<f64> {
+    pub fn evaluate(&self, backbone: &models_tch::ResNet, device: Device) -> Result<f64> {
         let r = knn::evaluate(
             backbone,
             &self.bank,

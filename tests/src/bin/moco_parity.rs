@@ -8,10 +8,11 @@ use anyhow::Result;
 use clap::Parser;
 use moco_tests::compare::summarize;
 use moco_tests::parity::{mutants, ResnetReference};
-use models::{tch_lowering::parse_device, Arch, ResNetDesc};
+use models::{Arch, ResNetDesc};
+use models_tch::parse_device;
 
 #[derive(Parser, Debug)]
-#[command(about = "Compare models::tch_lowering against torchvision on fixed random weights")]
+#[command(about = "Compare models_tch against torchvision on fixed random weights")]
 struct Args {
     /// Architecture to generate a reference for (with --generate).
     #[arg(long, default_value = "resnet18")]

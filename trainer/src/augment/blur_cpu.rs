@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::ops::gaussian_kernel;
 use super::params::ViewParams;
+use crate::isa::{multiversioned, IsaPath};
 
 /// `reflect` padding index (PyTorch's: the edge is not repeated).
 fn reflect(i: isize, len: isize) -> usize {
@@ -20,10 +21,23 @@ fn reflect(i: isize, len: isize) -> usize {
     i as usize
 }
 
-/// One channel `h`×`w`, in place, with scratch `row` (≥ w + taps − 1) and `tmp` (h·w). Compiled
-/// for AVX-512 and AVX2+FMA too, picked at run time (see `color_cpu`).
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
-fn blur_plane(ch: &mut [f32], h: usize, w: usize, k: &[f32], row: &mut [f32], tmp: &mut [f32]) {
+multiversioned! {
+    /// One channel `h`×`w`, in place, with scratch `row` (≥ w + taps − 1) and `tmp` (h·w).
+    /// Compiled for AVX-512 and AVX2+FMA too (see `color_cpu`).
+    fn blur_plane => blur_plane_body(
+        ch: &mut [f32], h: usize, w: usize, k: &[f32], row: &mut [f32], tmp: &mut [f32]
+    )
+}
+
+#[inline(always)]
+fn blur_plane_body(
+    ch: &mut [f32],
+    h: usize,
+    w: usize,
+    k: &[f32],
+    row: &mut [f32],
+    tmp: &mut [f32],
+) {
     let pad = k.len() / 2;
     // Horizontal: each row reflect-padded, then Σ_t k[t]·row[x + t].
     for y in 0..h {
@@ -54,13 +68,18 @@ fn blur_plane(ch: &mut [f32], h: usize, w: usize, k: &[f32], row: &mut [f32], tm
 
 /// Blurs, in place, the images of `x` (CHW, `p.len()` images of `h`×`w`) whose view draws one.
 pub fn blur(x: &mut [f32], h: usize, w: usize, p: &[ViewParams], taps: usize) {
+    blur_on(IsaPath::active(), x, h, w, p, taps);
+}
+
+/// [`blur`] on a chosen instruction-set path.
+pub fn blur_on(path: IsaPath, x: &mut [f32], h: usize, w: usize, p: &[ViewParams], taps: usize) {
     x.par_chunks_mut(3 * h * w).zip(p).for_each_init(
         || (vec![0f32; w + taps], vec![0f32; h * w]),
         |(row, tmp), (img, v)| {
             let Some(sigma) = v.blur_sigma else { return };
             let k = gaussian_kernel(sigma, taps);
             for ch in img.chunks_mut(h * w) {
-                blur_plane(ch, h, w, &k, row, tmp);
+                blur_plane(path, ch, h, w, &k, row, tmp);
             }
         },
     );
@@ -73,10 +92,10 @@ mod tests {
     use rand::SeedableRng;
     use tch::{Device, Kind, Tensor};
 
-    /// The host blur is the device blur (libtorch's reflect pad + grouped convolutions), which
-    /// tests/augment_parity.rs holds to torchvision.
+    /// The host blur, on every path this CPU has, is the device blur (libtorch's reflect pad +
+    /// grouped convolutions), which tests/augment_parity.rs holds to torchvision.
     #[test]
-    fn host_blur_equals_the_libtorch_blur() {
+    fn host_blur_equals_the_libtorch_blur_on_every_path() {
         let aug = Augmenter::new(
             AugConfig::mocov2(96),
             &models::Preprocess::default(),
@@ -90,10 +109,13 @@ mod tests {
         let want = crate::augment::ops::on_subset(x.copy(), &idx, |s| {
             crate::augment::ops::gaussian_blur(s, &sigmas, 13)
         });
-        let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
-        blur(&mut buf, 96, 96, &p, 13);
-        let got = Tensor::from_slice(&buf).view([24, 3, 96, 96]);
-        let d = (got - want).abs().max().double_value(&[]);
-        assert!(d < 1e-6, "host blur differs by {d}");
+        for path in IsaPath::available() {
+            let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+            blur_on(path, &mut buf, 96, 96, &p, 13);
+            let got = Tensor::from_slice(&buf).view([24, 3, 96, 96]);
+            let d = (got - &want).abs().max().double_value(&[]);
+            eprintln!("blur, {}: max |Δ| {d:.2e}", path.name());
+            assert!(d < 1e-6, "{}: host blur differs by {d}", path.name());
+        }
     }
 }

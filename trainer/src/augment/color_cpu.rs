@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use super::params::{Jitter, ViewParams};
+use crate::isa::{multiversioned, IsaPath};
 
 const GRAY: [f32; 3] = [0.2989, 0.587, 0.114];
 
@@ -105,15 +106,24 @@ fn adjust(img: &mut [f32], n: usize, op: u8, j: &Jitter) {
 /// Applies each image's jitter (in its order) and grayscale, in place; `x` holds `p.len()`
 /// images of 3×`n` floats, CHW.
 pub fn jitter_and_grayscale(x: &mut [f32], n: usize, p: &[ViewParams]) {
-    x.par_chunks_mut(3 * n)
-        .zip(p)
-        .for_each(|(img, v)| one_image(img, n, v));
+    jitter_and_grayscale_on(IsaPath::active(), x, n, p);
 }
 
-/// Compiled for AVX-512 and AVX2+FMA too, picked at run time: the loops above are written to
-/// vectorize, and the portable baseline (SSE2) would use a quarter of the lanes.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
-fn one_image(img: &mut [f32], n: usize, v: &ViewParams) {
+/// [`jitter_and_grayscale`] on a chosen instruction-set path.
+pub fn jitter_and_grayscale_on(path: IsaPath, x: &mut [f32], n: usize, p: &[ViewParams]) {
+    x.par_chunks_mut(3 * n)
+        .zip(p)
+        .for_each(|(img, v)| one_image(path, img, n, v));
+}
+
+multiversioned! {
+    /// Compiled for AVX-512 and AVX2+FMA too: the loops above are written to vectorize, and the
+    /// portable baseline (SSE2) would use a quarter of the lanes.
+    fn one_image => one_image_body(img: &mut [f32], n: usize, v: &ViewParams)
+}
+
+#[inline(always)]
+fn one_image_body(img: &mut [f32], n: usize, v: &ViewParams) {
     if let Some(j) = &v.jitter {
         for op in j.order {
             adjust(img, n, op, j);
@@ -125,6 +135,38 @@ fn one_image(img: &mut [f32], n: usize, v: &ViewParams) {
         for ((r, g), b) in rs.iter_mut().zip(gs.iter_mut()).zip(bs.iter_mut()) {
             let l = gray(*r, *g, *b);
             (*r, *g, *b) = (l, l, l);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::{AugConfig, Augmenter};
+    use rand::SeedableRng;
+    use tch::{Device, Kind, Tensor};
+
+    /// Every path this CPU has gives the libtorch colour stage (which tests/augment_parity.rs
+    /// holds to torchvision) up to rounding: the host sums the contrast mean in f64 and divides
+    /// once per pixel, so a few float32 ulps of values in [0, 1].
+    #[test]
+    fn every_path_equals_the_libtorch_colour_stage() {
+        let aug = Augmenter::new(
+            AugConfig::mocov2(48),
+            &models::Preprocess::default(),
+            Device::Cpu,
+        );
+        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2), 32, 48, 48);
+        assert!(p.iter().filter(|v| v.jitter.is_some()).count() > 10);
+        let x = Tensor::rand([32, 3, 48, 48], (Kind::Float, Device::Cpu));
+        let want = aug.color_batched(x.copy(), &p);
+        for path in IsaPath::available() {
+            let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+            jitter_and_grayscale_on(path, &mut buf, 48 * 48, &p);
+            let got = Tensor::from_slice(&buf).view([32, 3, 48, 48]);
+            let d = (got - &want).abs().max().double_value(&[]);
+            eprintln!("colour, {}: max |Δ| {d:.2e}", path.name());
+            assert!(d < 1e-5, "{}: host colour differs by {d}", path.name());
         }
     }
 }

@@ -171,8 +171,13 @@ mod tests {
 
     /// A rank computes its share of the batch's views alone: the result must not depend on which
     /// other images share the call (data-parallel runs rely on it).
+    /// libtorch's thread count is partly process-wide: a test of the caller's count must not
+    /// run while another test's workers set theirs for the first time.
+    static THREAD_COUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn views_do_not_depend_on_the_rest_of_the_batch() {
+        let _serial = THREAD_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
         let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
         let images = Tensor::randint(256, [40, 3, 40, 40], (Kind::Uint8, Device::Cpu));
         let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3), 40, 40, 40);
@@ -192,6 +197,7 @@ mod tests {
     /// thread keeps its own count (the model's convolutions run on it).
     #[test]
     fn the_caller_keeps_its_libtorch_threads() {
+        let _serial = THREAD_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
         tch::set_num_threads(2);
         let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
         let images = Tensor::randint(256, [64, 3, 40, 40], (Kind::Uint8, Device::Cpu));

@@ -5,7 +5,7 @@ pub mod cache;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use datasets::layout::{Format, Split};
 
 pub use cache::{default_cache_dir, DecodedSplit, ImageBank};
@@ -22,8 +22,8 @@ pub fn open_splits(
     splits
         .iter()
         .map(|&s| {
-            let data = datasets::layout::open(root, s, format)
-                .with_context(|| format!("--data {}", root.display()))?;
+            // Dataset errors start with the flag or the file at fault already.
+            let data = datasets::layout::open(root, s, format)?;
             DecodedSplit::open(&data, size, cache_dir, progress)
         })
         .collect()

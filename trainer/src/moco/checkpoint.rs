@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use models::tch_lowering::convert::{data_to_tensor, tensor_to_data};
 use models::TensorMap;
+use models_tch::convert::{data_to_tensor, tensor_to_data};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -3,8 +3,8 @@
 //! the single-device shuffle BN of MoCo's demo (`SplitBatchNorm` + shuffled key batch).
 
 use anyhow::Result;
-use models::tch_lowering::{MlpHeadModule, ResNet};
 use models::{Arch, MlpHead, ResNetDesc, MOCO_DIM};
+use models_tch::{MlpHeadModule, ResNet};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};

@@ -1,4 +1,6 @@
-//! The training lowering: the description built as libtorch modules through tch.
+//! The training lowering of `models`: the description built as libtorch modules through tch. A
+//! crate of its own (not a feature of `models`) so that a workspace build, where cargo unifies
+//! features, still leaves the exporter and moco-infer free of libtorch.
 //!
 //! Variables live in a `tch::nn::VarStore` under torchvision's dotted names, so
 //! `vs.variables()` is a torchvision state_dict and [`convert`] moves it to and from safetensors.

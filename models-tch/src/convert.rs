@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{ModelError, Result};
-use crate::layers::TensorSpec;
-use crate::weights::{DType, TensorData, TensorMap};
+use models::error::{ModelError, Result};
+use models::layers::TensorSpec;
+use models::weights::{DType, TensorData, TensorMap};
 
 /// A tensor's values on the host: float kinds become f32, integer kinds i64.
 pub fn tensor_to_data(t: &Tensor) -> TensorData {

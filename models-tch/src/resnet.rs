@@ -4,11 +4,11 @@ use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
 use tch::Tensor;
 
-use crate::layers::ConvBn;
-use crate::resnet::ResNetDesc;
+use models::layers::ConvBn;
+use models::resnet::ResNetDesc;
 
-use super::batch_norm::BatchNorm;
-use super::path_for;
+use crate::batch_norm::BatchNorm;
+use crate::path_for;
 
 /// torchvision's `ResNet.__init__`: `kaiming_normal_(mode="fan_out", nonlinearity="relu")`.
 const CONV_INIT: Init = Init::Kaiming {

@@ -2,9 +2,9 @@
 
 use tch::{nn, Kind, Tensor};
 
-use crate::layers::BatchNorm2d;
+use models::layers::BatchNorm2d;
 
-use super::path_for;
+use crate::path_for;
 
 #[derive(Debug)]
 pub struct BatchNorm {

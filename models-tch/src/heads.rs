@@ -3,10 +3,10 @@
 use tch::nn::{self, Init};
 use tch::Tensor;
 
-use crate::heads::{Classifier, MlpHead};
-use crate::layers::Linear;
+use models::heads::{Classifier, MlpHead};
+use models::layers::Linear;
 
-use super::path_for;
+use crate::path_for;
 
 #[derive(Debug)]
 pub struct LinearModule {

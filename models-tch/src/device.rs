@@ -9,9 +9,8 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
             Ok(Device::Cuda(i))
         } else if n == 0 {
             Err(format!(
-                "--device {s}: libtorch sees no CUDA device (built with CUDA: {}; driver or \
-                 libtorch_cuda missing?)",
-                tch::utils::has_cuda()
+                "--device {s}: libtorch sees no CUDA device ({})",
+                cuda_facts()
             ))
         } else {
             Err(format!("--device {s}: only {n} CUDA device(s) visible"))
@@ -26,6 +25,25 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
             _ => Err(format!("--device {s}: expected auto, cpu, cuda or cuda:N")),
         },
     }
+}
+
+/// What this process can tell about CUDA when libtorch counts no device: whether libtorch's CUDA
+/// library and the NVIDIA driver's library are loaded. (`tch::utils::has_cuda()` is no help: it
+/// is false on a CUDA build of libtorch when there is no device.)
+fn cuda_facts() -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let loaded = |lib: &str| maps.contains(lib);
+    let torch_cuda = if loaded("libtorch_cuda.so") {
+        "libtorch_cuda is loaded"
+    } else {
+        "libtorch_cuda is not loaded (a CPU-only libtorch?)"
+    };
+    let driver = if loaded("libcuda.so") {
+        "the NVIDIA driver library is loaded and reports 0 devices"
+    } else {
+        "no NVIDIA driver library (libcuda.so.1) was found"
+    };
+    format!("{torch_cuda}; {driver}")
 }
 
 #[cfg(test)]
