@@ -28,9 +28,11 @@ case "${1:-report}" in
   test)
     hold_to "${2:?avx2 or default}"
     echo "isa: tests held to $2: libtorch dispatch $(capability), host loops $MOCO_SIMD"
+    # moco_parity is left out by default (260 s on the baseline path, its multi-step checks are in
+    # float64); ISA_ALL=1 adds it.
     cargo test --release --workspace --no-fail-fast --lib \
-      --test dist --test moco_parity --test augment_parity --test torchvision_parity \
-      --test eval_transform_parity --test trainer_infer_agreement
+      --test dist --test augment_parity --test torchvision_parity \
+      --test eval_transform_parity --test trainer_infer_agreement ${ISA_ALL:+--test moco_parity}
     ;;
   *) echo "isa.sh: report | test avx2|default" >&2; exit 2 ;;
 esac
