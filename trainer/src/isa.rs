@@ -81,6 +81,25 @@ impl IsaPath {
     }
 }
 
+/// Test helper: the largest |Δ| between `want` and `run(path, host copy of x)` on each path this
+/// CPU has, as (path, Δ) pairs.
+#[cfg(test)]
+pub(crate) fn max_diff_on_every_path(
+    x: &tch::Tensor,
+    want: &tch::Tensor,
+    run: impl Fn(IsaPath, &mut [f32]),
+) -> Vec<(IsaPath, f64)> {
+    IsaPath::available()
+        .into_iter()
+        .map(|path| {
+            let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).expect("f32 tensor");
+            run(path, &mut buf);
+            let got = tch::Tensor::from_slice(&buf).view_as(x);
+            (path, (got - want).abs().max().double_value(&[]))
+        })
+        .collect()
+}
+
 pub fn names(paths: &[IsaPath]) -> String {
     paths
         .iter()

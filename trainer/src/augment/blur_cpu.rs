@@ -109,11 +109,8 @@ mod tests {
         let want = crate::augment::ops::on_subset(x.copy(), &idx, |s| {
             crate::augment::ops::gaussian_blur(s, &sigmas, 13)
         });
-        for path in IsaPath::available() {
-            let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
-            blur_on(path, &mut buf, 96, 96, &p, 13);
-            let got = Tensor::from_slice(&buf).view([24, 3, 96, 96]);
-            let d = (got - &want).abs().max().double_value(&[]);
+        let run = |path, buf: &mut [f32]| blur_on(path, buf, 96, 96, &p, 13);
+        for (path, d) in crate::isa::max_diff_on_every_path(&x, &want, run) {
             eprintln!("blur, {}: max |Δ| {d:.2e}", path.name());
             assert!(d < 1e-6, "{}: host blur differs by {d}", path.name());
         }

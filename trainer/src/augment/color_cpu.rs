@@ -160,11 +160,8 @@ mod tests {
         assert!(p.iter().filter(|v| v.jitter.is_some()).count() > 10);
         let x = Tensor::rand([32, 3, 48, 48], (Kind::Float, Device::Cpu));
         let want = aug.color_batched(x.copy(), &p);
-        for path in IsaPath::available() {
-            let mut buf = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
-            jitter_and_grayscale_on(path, &mut buf, 48 * 48, &p);
-            let got = Tensor::from_slice(&buf).view([32, 3, 48, 48]);
-            let d = (got - &want).abs().max().double_value(&[]);
+        let run = |path, buf: &mut [f32]| jitter_and_grayscale_on(path, buf, 48 * 48, &p);
+        for (path, d) in crate::isa::max_diff_on_every_path(&x, &want, run) {
             eprintln!("colour, {}: max |Δ| {d:.2e}", path.name());
             assert!(d < 1e-5, "{}: host colour differs by {d}", path.name());
         }
