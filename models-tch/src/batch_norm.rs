@@ -1,4 +1,5 @@
-//! BatchNorm2d with torchvision's buffers, and MoCo's SplitBatchNorm in training mode.
+//! BatchNorm (2d on `[N,C,H,W]`, 1d on `[N,C]`) with torchvision's buffers, and MoCo's
+//! SplitBatchNorm in training mode.
 
 use tch::{nn, Kind, Tensor};
 
@@ -9,8 +10,9 @@ use crate::path_for;
 #[derive(Debug)]
 pub struct BatchNorm {
     pub spec: BatchNorm2d,
-    pub weight: Tensor,
-    pub bias: Tensor,
+    /// None for `affine=False` (the projector's last BatchNorm1d).
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
     pub running_mean: Tensor,
     pub running_var: Tensor,
     pub num_batches_tracked: Tensor,
@@ -21,13 +23,22 @@ pub struct BatchNorm {
 
 impl BatchNorm {
     pub fn new(root: &nn::Path, spec: &BatchNorm2d, splits: i64) -> Self {
+        Self::build(root, spec, splits, true)
+    }
+
+    /// `affine=False`: normalisation only.
+    pub fn without_affine(root: &nn::Path, spec: &BatchNorm2d, splits: i64) -> Self {
+        Self::build(root, spec, splits, false)
+    }
+
+    fn build(root: &nn::Path, spec: &BatchNorm2d, splits: i64, affine: bool) -> Self {
         let p = path_for(root, &spec.name);
         let c = spec.channels as i64;
         let nbt = Tensor::zeros([], (Kind::Int64, p.device()));
         BatchNorm {
             spec: spec.clone(),
-            weight: p.var("weight", &[c], nn::Init::Const(1.0)),
-            bias: p.var("bias", &[c], nn::Init::Const(0.0)),
+            weight: affine.then(|| p.var("weight", &[c], nn::Init::Const(1.0))),
+            bias: affine.then(|| p.var("bias", &[c], nn::Init::Const(0.0))),
             running_mean: p.zeros_no_train("running_mean", &[c]),
             running_var: p.ones_no_train("running_var", &[c]),
             num_batches_tracked: p.add("num_batches_tracked", nbt, false),
@@ -39,8 +50,8 @@ impl BatchNorm {
         let (eps, momentum) = (self.spec.eps, self.spec.momentum);
         if !train {
             return x.batch_norm(
-                Some(&self.weight),
-                Some(&self.bias),
+                self.weight.as_ref(),
+                self.bias.as_ref(),
                 Some(&self.running_mean),
                 Some(&self.running_var),
                 false,
@@ -51,8 +62,8 @@ impl BatchNorm {
         }
         if self.splits == 1 {
             let y = x.batch_norm(
-                Some(&self.weight),
-                Some(&self.bias),
+                self.weight.as_ref(),
+                self.bias.as_ref(),
                 Some(&self.running_mean),
                 Some(&self.running_var),
                 true,
@@ -73,15 +84,19 @@ impl BatchNorm {
     /// per-split running stats back. Like the reference, it leaves `num_batches_tracked` alone.
     fn split_forward(&self, x: &Tensor) -> Tensor {
         let s = self.splits;
-        let (n, c, h, w) = x.size4().expect("BatchNorm2d input must be 4-D");
+        let shape = x.size();
+        let (n, c) = (shape[0], shape[1]);
         assert!(n % s == 0, "batch {n} is not divisible by --bn-splits {s}");
         let mean_split = self.running_mean.repeat([s]);
         let var_split = self.running_var.repeat([s]);
+        let mut folded = vec![-1, c * s];
+        folded.extend_from_slice(&shape[2..]);
+        let repeat = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat([s]));
         let y = x
-            .reshape([-1, c * s, h, w])
+            .reshape(&folded)
             .batch_norm(
-                Some(&self.weight.repeat([s])),
-                Some(&self.bias.repeat([s])),
+                repeat(&self.weight).as_ref(),
+                repeat(&self.bias).as_ref(),
                 Some(&mean_split),
                 Some(&var_split),
                 true,
@@ -89,7 +104,7 @@ impl BatchNorm {
                 self.spec.eps,
                 true,
             )
-            .reshape([n, c, h, w]);
+            .reshape(&shape);
         tch::no_grad(|| {
             self.running_mean
                 .shallow_clone()

@@ -6,6 +6,7 @@ use tch::Tensor;
 use models::heads::{Classifier, MlpHead};
 use models::layers::Linear;
 
+use crate::batch_norm::BatchNorm;
 use crate::path_for;
 
 #[derive(Debug)]
@@ -40,18 +41,34 @@ impl LinearModule {
 pub struct MlpHeadModule {
     pub fc1: LinearModule,
     pub fc2: LinearModule,
+    /// The projector's BatchNorm1d pair ([`models::HeadNorm`]), shuffle-BN split like the
+    /// backbone's: a whole-batch BN here would let the query and key batches share statistics.
+    pub norm: Option<(BatchNorm, BatchNorm)>,
 }
 
 impl MlpHeadModule {
-    pub fn new(root: &nn::Path, spec: &MlpHead) -> Self {
+    pub fn new(root: &nn::Path, spec: &MlpHead, bn_splits: i64) -> Self {
         MlpHeadModule {
             fc1: LinearModule::new(root, &spec.fc1),
             fc2: LinearModule::new(root, &spec.fc2),
+            norm: spec.norm.as_ref().map(|n| {
+                (
+                    BatchNorm::new(root, &n.hidden, bn_splits),
+                    BatchNorm::without_affine(root, &n.out, bn_splits),
+                )
+            }),
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.fc2.forward(&self.fc1.forward(x).relu())
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.fc1.forward(x);
+        match &self.norm {
+            None => self.fc2.forward(&h.relu()),
+            Some((hidden, out)) => {
+                let h = hidden.forward_t(&h, train).relu();
+                out.forward_t(&self.fc2.forward(&h), train)
+            }
+        }
     }
 }
 

@@ -5,41 +5,75 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{ModelError, Result};
-use crate::layers::{Linear, TensorSpec};
+use crate::layers::{BatchNorm2d, Linear, TensorSpec};
 use crate::preprocess::META_CLASSES;
 use crate::weights::TensorMap;
 
 /// MoCo v2's head: official code replaces torchvision's `fc` with
 /// `Sequential(Linear(d, d), ReLU(), Linear(d, dim))`, hence the names `fc.0` and `fc.2`.
-/// Its output is l2-normalised by the MoCo loss, not here.
+/// With [`HeadNorm`] it is MoCo v3's projector instead:
+/// `Sequential(Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d(affine=False))`, names `fc.0`,
+/// `fc.1`, `fc.3`, `fc.4`. Its output is l2-normalised by the MoCo loss, not here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MlpHead {
     pub fc1: Linear,
     pub fc2: Linear,
+    pub norm: Option<HeadNorm>,
+}
+
+/// The projector's two BatchNorm1d layers (the spec type is shared with BatchNorm2d: same
+/// tensors, same arithmetic per channel). `out` has no affine parameters: a learned bias there
+/// would give the embeddings back the common offset the normalisation removes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeadNorm {
+    pub hidden: BatchNorm2d,
+    pub out: BatchNorm2d,
 }
 
 /// MoCo's default embedding width.
 pub const MOCO_DIM: usize = 128;
 
+fn linear(name: &str, in_features: usize, out_features: usize) -> Linear {
+    Linear {
+        name: name.into(),
+        in_features,
+        out_features,
+    }
+}
+
 impl MlpHead {
     pub fn new(feature_dim: usize, out_dim: usize) -> Self {
         MlpHead {
-            fc1: Linear {
-                name: "fc.0".into(),
-                in_features: feature_dim,
-                out_features: feature_dim,
-            },
-            fc2: Linear {
-                name: "fc.2".into(),
-                in_features: feature_dim,
-                out_features: out_dim,
-            },
+            fc1: linear("fc.0", feature_dim, feature_dim),
+            fc2: linear("fc.2", feature_dim, out_dim),
+            norm: None,
+        }
+    }
+
+    /// The projector with BatchNorm after each linear layer (MoCo v3's).
+    pub fn with_norm(feature_dim: usize, out_dim: usize) -> Self {
+        MlpHead {
+            fc1: linear("fc.0", feature_dim, feature_dim),
+            fc2: linear("fc.3", feature_dim, out_dim),
+            norm: Some(HeadNorm {
+                hidden: BatchNorm2d::new("fc.1".into(), feature_dim),
+                out: BatchNorm2d::new("fc.4".into(), out_dim),
+            }),
         }
     }
 
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let mut t = self.fc1.tensors();
         t.extend(self.fc2.tensors());
+        if let Some(n) = &self.norm {
+            t.extend(n.hidden.tensors());
+            t.extend(
+                n.out
+                    .tensors()
+                    .into_iter()
+                    .filter(|s| s.role != crate::layers::TensorRole::Parameter),
+            );
+        }
         t
     }
 }

@@ -8,7 +8,8 @@ momentum BEFORE the key forward, keys from a shuffled batch unshuffled after, In
 Usage: moco_reference.py INPUT.safetensors OUTPUT.safetensors
 INPUT holds q/<name> (initial weights of both encoders), queue, im1_<t>, im2_<t>, perm_<t>
 (int64 shuffle permutation; perm2_<t> with the symmetric loss) and metadata
-{arch, steps, momentum, temperature, bn_splits, lr_<t>, weight_decay, sgd_momentum, symmetric}.
+{arch, steps, momentum, temperature, bn_splits, lr_<t>, weight_decay, sgd_momentum, symmetric,
+head_bn}.
 OUTPUT: per step t: loss_<t>, grad_<t>/<name> (query encoder gradients), k_<t>/<name> (key
 encoder after the step), queue_<t>, ptr_<t>.
 """
@@ -26,20 +27,44 @@ sys.path.insert(0, os.path.dirname(__file__))
 from torchvision_parity import SplitBatchNorm  # noqa: E402  (MoCo demo's layer, one copy)
 
 
-def encoder(arch, bn_splits):
+class SplitBatchNorm1d(nn.BatchNorm1d):
+    """SplitBatchNorm for [N, C]: the projector's BatchNorm in shuffle-BN groups, folded into
+    channels exactly as the demo's 2-d layer folds them (sample i is in group i % splits)."""
+
+    def __init__(self, num_features, num_splits, **kw):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, input):
+        N, C = input.shape
+        s = self.num_splits
+        rep = lambda t: None if t is None else t.repeat(s)
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        out = F.batch_norm(input.view(-1, C * s), mean, var, rep(self.weight), rep(self.bias),
+                           True, self.momentum, self.eps).view(N, C)
+        self.running_mean.data.copy_(mean.view(s, C).mean(dim=0))
+        self.running_var.data.copy_(var.view(s, C).mean(dim=0))
+        return out
+
+
+def encoder(arch, bn_splits, head_bn):
     norm = (lambda c: SplitBatchNorm(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
     net = getattr(torchvision.models, arch)(num_classes=128, norm_layer=norm)
     dim_mlp = net.fc.weight.shape[1]
-    net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), net.fc)
+    if head_bn:  # MoCo v3's projector: Linear, BN, ReLU, Linear, BN(affine=False)
+        net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), SplitBatchNorm1d(dim_mlp, bn_splits),
+                               nn.ReLU(), net.fc, SplitBatchNorm1d(128, bn_splits, affine=False))
+    else:
+        net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), net.fc)
     return net
 
 
 class MoCo(nn.Module):
-    def __init__(self, arch, K, m, T, bn_splits, symmetric):
+    def __init__(self, arch, K, m, T, bn_splits, symmetric, head_bn):
         super().__init__()
         self.K, self.m, self.T, self.symmetric = K, m, T, symmetric
-        self.encoder_q = encoder(arch, bn_splits)
-        self.encoder_k = encoder(arch, bn_splits)
+        self.encoder_q = encoder(arch, bn_splits, head_bn)
+        self.encoder_k = encoder(arch, bn_splits, head_bn)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.register_buffer("queue", torch.zeros(128, K))
@@ -92,7 +117,8 @@ def main(inp, out):
     steps = int(meta["steps"])
     symmetric = meta["symmetric"] == "true"
     model = MoCo(meta["arch"], t["queue"].shape[1], float(meta["momentum"]),
-                 float(meta["temperature"]), int(meta["bn_splits"]), symmetric)
+                 float(meta["temperature"]), int(meta["bn_splits"]), symmetric,
+                 meta.get("head_bn") == "true")
     init = {k[2:]: v for k, v in t.items() if k.startswith("q/")}
     model.encoder_q.load_state_dict(init)
     model.encoder_k.load_state_dict(init)

@@ -24,7 +24,7 @@ const BATCH: usize = 8;
 const SIZE: u32 = 64;
 const INIT_SEED: i64 = 7;
 
-fn config(symmetric: bool) -> MocoConfig {
+fn config(symmetric: bool, head_bn: bool) -> MocoConfig {
     MocoConfig {
         arch: Arch::Resnet18,
         queue_size: 2 * BATCH as i64 * if symmetric { 2 } else { 1 },
@@ -32,6 +32,7 @@ fn config(symmetric: bool) -> MocoConfig {
         temperature: 0.2,
         bn_splits: 2,
         symmetric,
+        head_bn,
         fault: Fault::None,
     }
 }
@@ -126,6 +127,7 @@ fn write_inputs(path: &Path, cfg: &MocoConfig, inp: &Inputs, kind: Kind) {
         ("weight_decay", "5e-4".into()),
         ("sgd_momentum", "0.9".into()),
         ("symmetric", cfg.symmetric.to_string()),
+        ("head_bn", cfg.head_bn.to_string()),
         (
             "dtype",
             if kind == Kind::Double {
@@ -228,13 +230,38 @@ static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs the reference in `kind` precision and compares the first `steps` steps; with `mutants`,
 /// also shows that each planted fault breaks the agreement.
 fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
+    parity_of(
+        config(symmetric, false),
+        kind,
+        steps,
+        mutants.then(plain_faults),
+    )
+}
+
+/// The planted faults of MoCo v2 itself.
+fn plain_faults() -> Faults {
+    vec![
+        (
+            "momentum update after the key forward",
+            Fault::MomentumAfterKeys,
+            0.2,
+        ),
+        ("keys not unshuffled", Fault::NoUnshuffle, 0.2),
+        ("temperature 0.07 instead of 0.2", Fault::None, 0.07),
+    ]
+}
+
+/// Planted faults as (what, fault, temperature).
+type Faults = Vec<(&'static str, Fault, f64)>;
+
+fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>) {
+    let symmetric = cfg.symmetric;
     let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (inp_path, out_path) = (
         dir.path().join("in.safetensors"),
         dir.path().join("out.safetensors"),
     );
-    let cfg = config(symmetric);
     let inp = inputs(symmetric);
     write_inputs(&inp_path, &cfg, &inp, kind);
     run_script(
@@ -249,7 +276,10 @@ fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
 
     let checks = compare(&run_rust(cfg.clone(), &inp, kind), &reference, kind, steps);
     let summary = summarize(&checks);
-    eprintln!("moco parity ({kind:?}, symmetric {symmetric}, {steps} steps): {summary}");
+    eprintln!(
+        "moco parity ({kind:?}, symmetric {symmetric}, head BN {}, {steps} steps): {summary}",
+        cfg.head_bn
+    );
     assert!(
         checks.len() > steps * 150,
         "too few quantities compared: {}",
@@ -263,32 +293,17 @@ fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
         // Five steps over a queue of two batches: the pointer wraps to 0 twice.
         assert_eq!(ptrs.iter().filter(|&&p| p == 0).count(), 2, "{ptrs:?}");
     }
-    if !mutants {
+    let Some(planted) = mutants else {
         return;
-    }
-    let planted = [
-        (
-            "momentum update after the key forward",
-            MocoConfig {
-                fault: Fault::MomentumAfterKeys,
-                ..cfg.clone()
-            },
-        ),
-        (
-            "keys not unshuffled",
-            MocoConfig {
-                fault: Fault::NoUnshuffle,
-                ..cfg.clone()
-            },
-        ),
-        (
-            "temperature 0.07 instead of 0.2",
-            MocoConfig {
-                temperature: 0.07,
-                ..cfg.clone()
-            },
-        ),
-    ];
+    };
+    let planted = planted.into_iter().map(|(what, fault, temperature)| {
+        let bad = MocoConfig {
+            fault,
+            temperature,
+            ..cfg.clone()
+        };
+        (what, bad)
+    });
     for (what, bad) in planted {
         let checks = compare(&run_rust(bad, &inp, kind), &reference, kind, steps);
         let failed = checks.iter().filter(|c| !c.ok).count();
@@ -304,6 +319,18 @@ fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
 #[test]
 fn moco_steps_match_pytorch_in_f64_and_catch_planted_faults() {
     parity(false, Kind::Double, STEPS, true);
+}
+
+/// MoCo v3's projector (BatchNorm in the MLP, shuffle-BN groups) against the reference's
+/// SplitBatchNorm1d; a whole-batch BatchNorm there (no shuffle BN in the head) is caught.
+#[test]
+fn head_bn_moco_steps_match_pytorch_in_f64_and_catch_an_unsplit_head_bn() {
+    let faults = vec![(
+        "projector BatchNorm over the whole batch",
+        Fault::HeadBnWholeBatch,
+        0.2,
+    )];
+    parity_of(config(false, true), Kind::Double, STEPS, Some(faults));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! evaluation, kNN, figures. The integration tests (`tests/`) drive it against PyTorch.
 
 pub mod amp;
+pub mod aug_args;
 pub mod augment;
 pub mod bench;
 pub mod crash_points;

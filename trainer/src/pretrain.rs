@@ -39,6 +39,9 @@ pub struct PretrainArgs {
     /// under torchrun, `--device cuda` means cuda:LOCAL_RANK).
     #[command(flatten)]
     pub io: crate::eval_args::EvalArgs,
+    /// The view size and the parts of aug+ that are switched off.
+    #[command(flatten)]
+    pub aug: crate::aug_args::AugArgs,
     /// Splits whose images are pretrained on (labels ignored), comma-separated.
     #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
@@ -84,6 +87,11 @@ pub struct PretrainArgs {
     /// Symmetric loss (both views as queries; twice the keys per step).
     #[arg(long)]
     pub symmetric: bool,
+    /// BatchNorm in the projection MLP (MoCo v3's projector: Linear-BN-ReLU-Linear-BN), split
+    /// for shuffle BN like the backbone's. It removes the embeddings' common offset, through
+    /// which a plain MLP can tell fresh keys from queued ones by the encoder's drift.
+    #[arg(long)]
+    pub head_bn: bool,
     /// Mixed precision on CUDA.
     #[arg(long, value_enum, default_value_t = Amp::Off)]
     pub amp: Amp,
@@ -171,9 +179,12 @@ fn algorithm_config(a: &PretrainArgs, aug: &AugConfig, total: u64, n_images: usi
         "seed": a.seed,
         "augmentation": aug,
     });
-    // Only when set, so that the runs written before the flag existed still resume.
+    // Only when set, so that the runs written before these flags existed still resume.
     if a.float64 {
         config["float64"] = json!(true);
+    }
+    if a.head_bn {
+        config["head_bn"] = json!(true);
     }
     config
 }
@@ -420,7 +431,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         }
     };
 
-    let aug_cfg = AugConfig::mocov2(a.io.size);
+    let aug_cfg = a.aug.config(a.io.size)?;
     let algo = algorithm_config(a, &aug_cfg, total, n);
     let config = json!({
         "command": "pretrain",
@@ -447,6 +458,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         temperature: a.temperature,
         bn_splits: a.bn_splits / world as i64,
         symmetric: a.symmetric,
+        head_bn: a.head_bn,
         fault: Default::default(),
     };
     let mut moco = Moco::new(cfg, device);
@@ -586,15 +598,17 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         if take {
             opt.step(lr);
         }
-        moco.enqueue(&out.keys.to_kind(kind));
-        loss_sum += loss.detach();
-        interval.0 += 1;
-
         let done = step + 1;
         let end_of_epoch = done.is_multiple_of(steps_per_epoch);
         let checkpoint_now =
             done == total || (a.checkpoint_every > 0 && done.is_multiple_of(a.checkpoint_every));
-        if done % a.log_every.max(1) == 0 || checkpoint_now || end_of_epoch {
+        let log_now = done % a.log_every.max(1) == 0 || checkpoint_now || end_of_epoch;
+        let by_age = log_now.then(|| moco.similarity_by_age(&out.queries, keys_per_step));
+        moco.enqueue(&out.keys.to_kind(kind));
+        loss_sum += loss.detach();
+        interval.0 += 1;
+
+        if let Some((newest, oldest)) = by_age {
             // The only host synchronisation: the mean loss of the interval, checked for NaN/inf
             // before anything is logged or checkpointed.
             if let Some(d) = &dist {
@@ -626,6 +640,8 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
                 rec["knn_top1"] = json!(top1);
                 last_knn = Some(top1);
             }
+            rec["neg_sim_newest"] = json!(newest);
+            rec["neg_sim_oldest"] = json!(oldest);
             if let Some(sc) = &scaler {
                 rec["loss_scale"] = json!(sc.scale);
             }

@@ -9,7 +9,7 @@ use image::RgbImage;
 use models::Preprocess;
 use tch::{Device, Kind, Tensor};
 
-use crate::augment::{AugConfig, Augmenter};
+use crate::augment::Augmenter;
 use crate::data;
 use crate::rng::{stream, Purpose};
 
@@ -36,6 +36,8 @@ pub struct PreviewArgs {
     pub cache_dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub aug: crate::aug_args::AugArgs,
 }
 
 /// A `[3,H,W]` float image in [0,1] → 8-bit RGB.
@@ -62,11 +64,7 @@ pub fn run(a: &PreviewArgs) -> Result<serde_json::Value> {
     // Spread the rows over the split so several classes show.
     let idx: Vec<usize> = (0..n).map(|i| i * split.n / n).collect();
     let images = split.batch(&idx);
-    let aug = Augmenter::new(
-        AugConfig::mocov2(a.size),
-        &Preprocess::default(),
-        Device::Cpu,
-    );
+    let aug = Augmenter::new(a.aug.config(a.size)?, &Preprocess::default(), Device::Cpu);
     let mut rng = stream(a.seed, Purpose::Preview, 0);
     let v1 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
     let v2 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));

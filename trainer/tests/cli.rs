@@ -222,6 +222,7 @@ fn bad_pretraining_input_is_a_clear_error() {
         "--bn-splits 4",
     );
     fails_with(&with(&["--amp", "fp16", "--device", "cpu"]), "--amp");
+    fails_with(&with(&["--crop", "16"]), "--crop 16");
     fails_with(
         &[
             "pretrain",
@@ -409,4 +410,46 @@ fn knn_and_linear_on_a_random_init_report_json() {
     assert!(csv.starts_with("image,prediction,label\n"));
     let map = models::TensorMap::load(&o.join("classifier.safetensors")).unwrap();
     assert_eq!(map.tensors["fc.weight"].shape, vec![3, 512]);
+}
+
+/// The augmentation switches and the projector BatchNorm reach the run: what `config.json`
+/// records (and a resume compares) is the pipeline that ran, and the metrics carry the
+/// queue-age similarities.
+#[test]
+fn augmentation_switches_and_head_bn_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = pretrain_args(
+        &out,
+        &[
+            "--steps",
+            "2",
+            "--crop",
+            "48",
+            "--no-crop",
+            "--no-color",
+            "--no-blur",
+            "--head-bn",
+        ],
+    );
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let alg = &config["algorithm"];
+    let aug = &alg["augmentation"];
+    assert_eq!(aug["size"], 48);
+    assert_eq!(aug["scale"], serde_json::json!([1.0, 1.0]));
+    assert_eq!(
+        (aug["jitter_p"].as_f64(), aug["blur_p"].as_f64()),
+        (Some(0.0), Some(0.0))
+    );
+    assert_eq!(aug["grayscale_p"].as_f64(), Some(0.2));
+    assert_eq!(alg["head_bn"], true);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert!(
+        last["neg_sim_newest"].is_f64() && last["neg_sim_oldest"].is_f64(),
+        "{last}"
+    );
 }

@@ -116,6 +116,42 @@ impl AugConfig {
     }
 }
 
+/// The parts of aug+ that can be switched off one by one, to show what each contributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Disabled {
+    /// RandomResizedCrop: the view is the whole image, resized.
+    pub crop: bool,
+    /// ColorJitter.
+    pub color: bool,
+    pub grayscale: bool,
+    pub blur: bool,
+    pub flip: bool,
+}
+
+impl AugConfig {
+    /// The same pipeline with the parts in `off` removed (each becomes an identity).
+    pub fn without(self, off: Disabled) -> Self {
+        let mut c = self;
+        if off.crop {
+            c.scale = (1.0, 1.0);
+            c.ratio = (1.0, 1.0);
+        }
+        if off.color {
+            c.jitter_p = 0.0;
+        }
+        if off.grayscale {
+            c.grayscale_p = 0.0;
+        }
+        if off.blur {
+            c.blur_p = 0.0;
+        }
+        if off.flip {
+            c.flip_p = 0.0;
+        }
+        c
+    }
+}
+
 /// Everything random about one augmented view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewParams {
@@ -184,6 +220,27 @@ mod tests {
             min_area = min_area.min((b.height * b.width) as f64 / 9216.0);
         }
         assert!((0.19..0.22).contains(&min_area), "{min_area}");
+    }
+
+    #[test]
+    fn without_crop_the_view_is_the_whole_image() {
+        let mut rng = stream(0, Purpose::Augment, 0);
+        let off = Disabled {
+            crop: true,
+            color: true,
+            grayscale: true,
+            blur: true,
+            flip: true,
+        };
+        let cfg = AugConfig::mocov2(64).without(off);
+        for _ in 0..100 {
+            let v = draw_view(&mut rng, &cfg, 96, 96);
+            assert_eq!(
+                (v.crop.top, v.crop.left, v.crop.height, v.crop.width),
+                (0, 0, 96, 96)
+            );
+            assert!(v.jitter.is_none() && !v.grayscale && v.blur_sigma.is_none() && !v.flip);
+        }
     }
 
     #[test]

@@ -17,16 +17,30 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(root: &nn::Path, desc: &ResNetDesc, bn_splits: i64) -> Self {
+    /// `head_bn_splits`: None for MoCo v2's plain MLP, else the projector with BatchNorm in that
+    /// many shuffle-BN groups (the backbone's `bn_splits`; other values only for planted faults).
+    pub fn new(
+        root: &nn::Path,
+        desc: &ResNetDesc,
+        bn_splits: i64,
+        head_bn_splits: Option<i64>,
+    ) -> Self {
+        let (d, out) = (desc.feature_dim, MOCO_DIM);
+        let head = match head_bn_splits {
+            Some(_) => MlpHead::with_norm(d, out),
+            None => MlpHead::new(d, out),
+        };
         Encoder {
             backbone: ResNet::new(root, desc, bn_splits),
-            head: MlpHeadModule::new(root, &MlpHead::new(desc.feature_dim, MOCO_DIM)),
+            head: MlpHeadModule::new(root, &head, head_bn_splits.unwrap_or(1)),
         }
     }
 
     /// l2-normalized projections, `[N, 128]`.
     pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
-        let z = self.head.forward(&self.backbone.forward_t(x, train));
+        let z = self
+            .head
+            .forward_t(&self.backbone.forward_t(x, train), train);
         normalize(&z)
     }
 }
@@ -48,6 +62,8 @@ pub enum Fault {
     MomentumAfterKeys,
     /// Keys left in shuffled order.
     NoUnshuffle,
+    /// The projector's BatchNorm over the whole batch instead of the shuffle-BN groups.
+    HeadBnWholeBatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +74,9 @@ pub struct MocoConfig {
     pub temperature: f64,
     pub bn_splits: i64,
     pub symmetric: bool,
+    /// BatchNorm in the projection MLP (MoCo v3's projector) instead of MoCo v2's plain MLP.
+    #[serde(default)]
+    pub head_bn: bool,
     #[serde(skip)]
     #[doc(hidden)]
     pub fault: Fault,
@@ -79,10 +98,12 @@ pub struct Moco {
     pub dist: Option<std::rc::Rc<crate::dist::Dist>>,
 }
 
-/// One contrastive step's outputs: the loss (a graph to backpropagate) and the keys enqueued.
+/// One contrastive step's outputs: the loss (a graph to backpropagate), the keys enqueued and
+/// this rank's queries (detached, for [`Moco::similarity_by_age`]).
 pub struct StepOut {
     pub loss: Tensor,
     pub keys: Tensor,
+    pub queries: Tensor,
 }
 
 impl Moco {
@@ -91,9 +112,14 @@ impl Moco {
     pub fn new(cfg: MocoConfig, device: Device) -> Self {
         let desc = ResNetDesc::new(cfg.arch);
         let vs_q = VarStore::new(device);
-        let q = Encoder::new(&vs_q.root(), &desc, cfg.bn_splits);
+        let head_splits = match cfg.fault {
+            Fault::HeadBnWholeBatch => 1,
+            _ => cfg.bn_splits,
+        };
+        let head_bn = cfg.head_bn.then_some(head_splits);
+        let q = Encoder::new(&vs_q.root(), &desc, cfg.bn_splits, head_bn);
         let mut vs_k = VarStore::new(device);
-        let k = Encoder::new(&vs_k.root(), &desc, cfg.bn_splits);
+        let k = Encoder::new(&vs_k.root(), &desc, cfg.bn_splits, head_bn);
         tch::no_grad(|| vs_k.copy(&vs_q)).expect("key encoder has the query encoder's variables");
         vs_k.freeze();
         let queue = normalize(
@@ -203,16 +229,40 @@ impl Moco {
         })
     }
 
-    /// The loss of queries `im_q` against keys of `im_k`, and the whole batch's keys.
-    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
+    /// The loss of queries `im_q` against keys of `im_k`, the whole batch's keys, the queries.
+    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> Result<StepOut> {
         let q = self.q.embed(im_q, true);
         if self.cfg.fault == Fault::MomentumAfterKeys {
-            let (k, all) = self.keys(im_k, perm)?;
+            let (k, keys) = self.keys(im_k, perm)?;
             self.momentum_update();
-            return Ok((self.info_nce(&q, &k), all));
+            return Ok(StepOut {
+                loss: self.info_nce(&q, &k),
+                keys,
+                queries: q.detach(),
+            });
         }
-        let (k, all) = self.keys(im_k, perm)?;
-        Ok((self.info_nce(&q, &k), all))
+        let (k, keys) = self.keys(im_k, perm)?;
+        Ok(StepOut {
+            loss: self.info_nce(&q, &k),
+            keys,
+            queries: q.detach(),
+        })
+    }
+
+    /// Mean cosine similarity of `queries` to the newest and to the oldest `block` keys in the
+    /// queue (call it before the step's enqueue). Keys differ in age only by the key encoder
+    /// that made them: a newest-minus-oldest gap well above zero says the network can tell
+    /// negatives apart by the encoder's drift rather than by their content.
+    pub fn similarity_by_age(&self, queries: &Tensor, block: i64) -> (f64, f64) {
+        tch::no_grad(|| {
+            let k = self.cfg.queue_size;
+            let newest = (self.ptr - block).rem_euclid(k);
+            let mean_to = |at: i64| {
+                let cols = self.queue.narrow(1, at, block.min(k - at));
+                queries.mm(&cols).mean(Kind::Double).double_value(&[])
+            };
+            (mean_to(newest), mean_to(self.ptr))
+        })
     }
 
     /// Cross entropy over [l_pos, l_neg]/T with the positive at index 0.
@@ -233,15 +283,15 @@ impl Moco {
             self.momentum_update();
         }
         if self.cfg.symmetric {
-            let (l12, k2) = self.contrastive(im1, im2, &perms[0])?;
-            let (l21, k1) = self.contrastive(im2, im1, &perms[1])?;
+            let a = self.contrastive(im1, im2, &perms[0])?;
+            let b = self.contrastive(im2, im1, &perms[1])?;
             Ok(StepOut {
-                loss: l12 + l21,
-                keys: Tensor::cat(&[k1, k2], 0),
+                loss: a.loss + b.loss,
+                keys: Tensor::cat(&[b.keys, a.keys], 0),
+                queries: Tensor::cat(&[a.queries, b.queries], 0),
             })
         } else {
-            let (loss, keys) = self.contrastive(im1, im2, &perms[0])?;
-            Ok(StepOut { loss, keys })
+            self.contrastive(im1, im2, &perms[0])
         }
     }
 
@@ -277,6 +327,7 @@ mod tests {
             temperature: 0.2,
             bn_splits: 2,
             symmetric: false,
+            head_bn: false,
             fault: Fault::None,
         };
         let run = |cl: bool| {

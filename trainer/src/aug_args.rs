@@ -1,0 +1,50 @@
+//! The flags that shape aug+ (`pretrain`, `preview-augment`): the view size and the parts that
+//! can be switched off, each alone, to measure what it contributes.
+
+use anyhow::{bail, Result};
+
+use crate::augment::params::Disabled;
+use crate::augment::AugConfig;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AugArgs {
+    /// Side of the augmented views (default: --size). Evaluation still runs at --size, so
+    /// `--crop 64` pretrains 2.25× cheaper per image than 96 and is evaluated at 96.
+    #[arg(long)]
+    pub crop: Option<u32>,
+    /// No RandomResizedCrop: each view is the whole image, resized to --crop.
+    #[arg(long)]
+    pub no_crop: bool,
+    /// No ColorJitter.
+    #[arg(long)]
+    pub no_color: bool,
+    /// No RandomGrayscale.
+    #[arg(long)]
+    pub no_grayscale: bool,
+    /// No GaussianBlur.
+    #[arg(long)]
+    pub no_blur: bool,
+    /// No horizontal flip.
+    #[arg(long)]
+    pub no_flip: bool,
+}
+
+/// ResNet's stem and four stages downsample by 32: a smaller view has no spatial map left.
+const MIN_CROP: u32 = 32;
+
+impl AugArgs {
+    /// aug+ for images of side `size`, with these flags applied.
+    pub fn config(&self, size: u32) -> Result<AugConfig> {
+        let crop = self.crop.unwrap_or(size);
+        if crop < MIN_CROP {
+            bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
+        }
+        Ok(AugConfig::mocov2(crop).without(Disabled {
+            crop: self.no_crop,
+            color: self.no_color,
+            grayscale: self.no_grayscale,
+            blur: self.no_blur,
+            flip: self.no_flip,
+        }))
+    }
+}
