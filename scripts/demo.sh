@@ -5,13 +5,15 @@
 #   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
 #   OUT=DIR       where everything goes (runs/demo)
 #   STEPS=N       pretraining steps (230: about 5 minutes on 2 CPU cores)
-#   BATCH, QUEUE, LR, ARCH, THREADS, DEVICE, LINEAR_EPOCHS
+#   BATCH, QUEUE, LR, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
+#   PRETRAIN_FLAGS="..."  more pretrain flags (e.g. --no-crop, --head-bn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/demo}"
 STEPS="${STEPS:-230}"; BATCH="${BATCH:-64}"; QUEUE="${QUEUE:-1024}"; LR="${LR:-0.3}"
 ARCH="${ARCH:-resnet18}"; THREADS="${THREADS:-2}"; DEVICE="${DEVICE:-auto}"
-LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"
+LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"; SEED="${SEED:-0}"
+read -r -a extra <<< "${PRETRAIN_FLAGS:-}"
 train=target/release/moco-train
 infer=target/release/moco-infer
 mkdir -p "$out"
@@ -28,7 +30,7 @@ if [ -z "${DATA:-}" ]; then
 fi
 say "data: $DATA"
 $train preview-augment --data "$DATA" --out "$out/augment.png" --n 8 --json >/dev/null
-common=(--data "$DATA" --threads "$THREADS" --device "$DEVICE" --json)
+common=(--data "$DATA" --threads "$THREADS" --device "$DEVICE" --seed "$SEED" --json)
 
 say "random-init floor (kNN and linear on frozen random features)"
 knn_floor=$($train knn --random-init --arch "$ARCH" "${common[@]}" | last)
@@ -38,7 +40,7 @@ lin_floor=$($train linear --random-init --arch "$ARCH" --out "$out/linear-random
 say "pretraining: $ARCH, $STEPS steps of batch $BATCH (progress: $out/pretrain/metrics.jsonl)"
 pre=$($train pretrain --out "$out/pretrain" --arch "$ARCH" --steps "$STEPS" --batch-size "$BATCH" \
   --queue-size "$QUEUE" --lr "$LR" --bn-splits 4 --knn-every 1 --checkpoint-every 100 --resume \
-  "${common[@]}" | last)
+  "${extra[@]}" "${common[@]}" | last)
 # pretrain's own final kNN (same k, T, bank and query as `knn`): no second pass over the data,
 # unless a resumed, already finished run had nothing to measure.
 knn_pre=$(python3 -c "import json,sys; t=json.loads(sys.argv[1]).get('knn_top1'); print(json.dumps({'top1': t}) if t is not None else '')" "$pre")

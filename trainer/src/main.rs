@@ -71,9 +71,11 @@ impl SynthArgs {
 
 #[derive(Args, Debug)]
 struct PlotArgs {
-    /// Run directory (reads RUN/metrics.jsonl).
-    run: PathBuf,
-    /// Output PNG (default RUN/curves.png).
+    /// Run directory (reads RUN/metrics.jsonl); several runs are drawn together against the
+    /// epoch (loss, kNN, drift of the queued keys) and need --out.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Output PNG (default RUN/curves.png for one run).
     #[arg(long)]
     out: Option<PathBuf>,
     /// A random-init kNN accuracy (fraction) to draw as the floor.
@@ -146,12 +148,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::LabelRequest(a) => report(label_request::run(&a), a.json),
         Command::MergeLabels(a) => report(merge_labels::run(&a), a.json),
         Command::PreviewAugment(a) => report(preview::run(&a), a.json),
-        Command::Plot(a) => {
-            let out = a.out.clone().unwrap_or_else(|| a.run.join("curves.png"));
-            let r = plot::curves_with_floor(&a.run.join("metrics.jsonl"), &out, a.floor)
-                .map(|_| serde_json::json!({"out": out.display().to_string()}));
-            report(r, a.json)
-        }
+        Command::Plot(a) => report(plot_runs(&a), a.json),
         Command::Synth(args) => args.run(),
         Command::Export(args) => args.run_and_report().map_err(anyhow::Error::from),
         Command::Info => {
@@ -171,4 +168,29 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn plot_runs(a: &PlotArgs) -> anyhow::Result<serde_json::Value> {
+    let out = match (&a.out, a.runs.as_slice()) {
+        (Some(out), _) => out.clone(),
+        (None, [run]) => run.join("curves.png"),
+        (None, _) => anyhow::bail!("--out: needed when plotting several runs"),
+    };
+    if let [run] = a.runs.as_slice() {
+        plot::curves_with_floor(&run.join("metrics.jsonl"), &out, a.floor)?;
+    } else {
+        let label = |r: &PathBuf| {
+            r.file_name()
+                .map_or_else(|| r.display().to_string(), |n| n.to_string_lossy().into())
+        };
+        let metrics: Vec<PathBuf> = a.runs.iter().map(|r| r.join("metrics.jsonl")).collect();
+        let runs: Vec<(String, &std::path::Path)> = a
+            .runs
+            .iter()
+            .zip(&metrics)
+            .map(|(r, m)| (label(r), m.as_path()))
+            .collect();
+        plot::compare(&runs, &out, a.floor)?;
+    }
+    Ok(serde_json::json!({"out": out.display().to_string()}))
 }

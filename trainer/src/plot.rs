@@ -31,102 +31,192 @@ fn save_png(img: &RgbImage, out: &Path) -> Result<()> {
 
 type Series = Vec<(f64, f64)>;
 
-fn series(records: &[Value], key: &str) -> Series {
+fn series(records: &[Value], x: &str, key: &str) -> Series {
     records
         .iter()
-        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+        .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(key)?.as_f64()?)))
         .filter(|(_, v)| v.is_finite())
         .collect()
 }
 
-fn panel(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    title: &str,
-    data: &Series,
+/// One curve of a panel; an empty label draws no legend entry.
+struct Curve {
+    label: String,
+    data: Series,
     color: RGBColor,
-    floor: Option<f64>,
-) -> Result<()> {
-    let (x0, x1) = data
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &(x, _)| (a.min(x), b.max(x)));
-    let (mut y0, mut y1) = data
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &(_, y)| (a.min(y), b.max(y)));
+}
+
+fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("plot: {e}")
+}
+
+fn bounds(curves: &[Curve], floor: Option<f64>) -> ((f64, f64), (f64, f64)) {
+    let points = || curves.iter().flat_map(|c| c.data.iter().copied());
+    let (x0, x1) = points().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(x), b.max(x)));
+    let (mut y0, mut y1) =
+        points().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| (a.min(y), b.max(y)));
     if let Some(f) = floor {
         y0 = y0.min(f);
         y1 = y1.max(f);
     }
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    ((x0, x1), (y0 - pad, y1 + pad))
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    x_desc: &str,
+    curves: &[Curve],
+    floor: Option<f64>,
+) -> Result<()> {
+    let ((x0, x1), (y0, y1)) = bounds(curves, floor);
+    // Short x ranges (a few epochs) need a decimal, or neighbouring ticks print alike.
+    let decimals = if x1 - x0 < 10.0 { 1 } else { 0 };
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(plot_err)?;
     chart
         .configure_mesh()
-        .x_desc("step")
+        .x_desc(x_desc)
         .x_labels(6)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| format!("{x:.decimals$}"))
         .label_style(("sans-serif", 13))
         .draw()
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    chart
-        .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    if data.len() < 30 {
-        chart
-            .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        .map_err(plot_err)?;
+    let mut legend = false;
+    for c in curves {
+        let color = c.color;
+        let drawn = chart
+            .draw_series(LineSeries::new(
+                c.data.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(plot_err)?;
+        if !c.label.is_empty() {
+            legend = true;
+            drawn.label(c.label.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        }
+        if c.data.len() < 30 {
+            chart
+                .draw_series(c.data.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(plot_err)?;
+        }
     }
     if let Some(f) = floor {
+        legend = true;
         chart
             .draw_series(LineSeries::new(
                 vec![(x0, f), (x1, f)],
                 BLACK.stroke_width(1),
             ))
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?
-            .label(format!("random-init floor {:.1} %", 100.0 * f));
+            .map_err(plot_err)?
+            .label(format!("random-init floor {:.1} %", 100.0 * f))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(1)));
+    }
+    if legend {
         chart
             .configure_series_labels()
             .label_font(("sans-serif", 13))
             .background_style(WHITE)
+            .border_style(BLACK)
             .draw()
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+            .map_err(plot_err)?;
     }
     Ok(())
+}
+
+/// Panels side by side, 420×360 each, into a PNG.
+fn figure(out: &Path, panels: &[(&str, &str, Vec<Curve>, Option<f64>)]) -> Result<()> {
+    register_font();
+    let (w, h) = (420 * panels.len() as u32, 360u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let areas = root.split_evenly((1, panels.len()));
+        for (area, (title, x, curves, floor)) in areas.iter().zip(panels) {
+            panel(area, title, x, curves, *floor)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).context("plot buffer")?;
+    save_png(&img, out)
+}
+
+fn one(data: Series, color: RGBColor) -> Vec<Curve> {
+    vec![Curve {
+        label: String::new(),
+        data,
+        color,
+    }]
 }
 
 /// Loss, lr and (when measured) kNN top-1 against the step, side by side: the seed's Figure 3.
 /// `floor`: a random-init kNN accuracy drawn as a reference line.
 pub fn curves_with_floor(metrics: &Path, out: &Path, floor: Option<f64>) -> Result<()> {
-    register_font();
     let records = crate::metrics::read(metrics)?;
-    let loss = series(&records, "loss");
+    let loss = series(&records, "step", "loss");
     if loss.is_empty() {
         bail!("{}: no logged steps to plot", metrics.display());
     }
-    let lr = series(&records, "lr");
-    let knn = series(&records, "knn_top1");
-    let panels = if knn.is_empty() { 2 } else { 3 };
-    let (w, h) = (420 * panels as u32, 360u32);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        let areas = root.split_evenly((1, panels));
-        panel(&areas[0], "InfoNCE loss", &loss, RED, None)?;
-        panel(&areas[1], "learning rate", &lr, BLUE, None)?;
-        if !knn.is_empty() {
-            panel(&areas[2], "kNN top-1 (val)", &knn, GREEN, floor)?;
-        }
-        root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    let knn = series(&records, "step", "knn_top1");
+    let mut panels = vec![
+        ("InfoNCE loss", "step", one(loss, RED), None),
+        (
+            "learning rate",
+            "step",
+            one(series(&records, "step", "lr"), BLUE),
+            None,
+        ),
+    ];
+    if !knn.is_empty() {
+        panels.push(("kNN top-1 (val)", "step", one(knn, GREEN), floor));
     }
-    let img = RgbImage::from_raw(w, h, buf).context("plot buffer")?;
-    save_png(&img, out)
+    figure(out, &panels)
+}
+
+/// Several runs against the epoch: loss, kNN top-1 (with the floor) and the drift gap, the
+/// queries' cosine to the newest minus to the oldest queued keys (`neg_sim_*` in metrics.jsonl).
+pub fn compare(runs: &[(String, &Path)], out: &Path, floor: Option<f64>) -> Result<()> {
+    const COLORS: [RGBColor; 6] = [
+        RGBColor(214, 39, 40),
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(127, 127, 127),
+    ];
+    let (mut loss, mut knn, mut drift) = (vec![], vec![], vec![]);
+    for (i, (label, metrics)) in runs.iter().enumerate() {
+        let records = crate::metrics::read(metrics)?;
+        let curve = |data| Curve {
+            label: label.clone(),
+            data,
+            color: COLORS[i % COLORS.len()],
+        };
+        loss.push(curve(series(&records, "epoch", "loss")));
+        knn.push(curve(series(&records, "epoch", "knn_top1")));
+        let newest = series(&records, "epoch", "neg_sim_newest");
+        let oldest = series(&records, "epoch", "neg_sim_oldest");
+        let gap = newest.iter().zip(&oldest).map(|(n, o)| (n.0, n.1 - o.1));
+        drift.push(curve(gap.collect()));
+    }
+    figure(
+        out,
+        &[
+            ("InfoNCE loss", "epoch", loss, None),
+            ("kNN top-1 (val)", "epoch", knn, floor),
+            ("drift: cos to newest − oldest keys", "epoch", drift, None),
+        ],
+    )
 }
 
 pub fn curves(metrics: &Path, out: &Path) -> Result<()> {

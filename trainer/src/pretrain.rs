@@ -121,6 +121,9 @@ pub struct PretrainArgs {
     /// Keep NCHW on CUDA (channels_last is the default there: faster convolutions on tensor cores).
     #[arg(long)]
     pub no_channels_last: bool,
+    /// channels_last on the CPU too (oneDNN's NHWC convolutions; NCHW is the CPU default).
+    #[arg(long, conflicts_with = "no_channels_last")]
+    pub channels_last: bool,
     /// Start N local ranks (data-parallel over c10d/Gloo, as torchrun would); the global batch
     /// is --batch-size, each rank takes 1/N of it. Under torchrun-style variables (RANK,
     /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) this process is one of the ranks.
@@ -144,6 +147,11 @@ pub struct PretrainArgs {
     /// The encoder file and checkpoints are still written in float32.
     #[arg(long)]
     pub float64: bool,
+}
+
+/// channels_last: the default on CUDA, asked for on the CPU.
+fn uses_channels_last(a: &PretrainArgs, device: Device) -> bool {
+    a.channels_last || (device.is_cuda() && !a.no_channels_last)
 }
 
 /// The floating-point kind of the variables, views and loss.
@@ -440,7 +448,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             "threads": tch::get_num_threads(),
             "device": format!("{device:?}"),
             "dist_backend": dist.as_ref().map(|d| d.backend.name()),
-            "channels_last": device.is_cuda() && !a.no_channels_last,
+            "channels_last": uses_channels_last(a, device),
             "checkpoint_every": a.checkpoint_every,
             "knn_every": a.knn_every,
             "log_every": a.log_every,
@@ -509,7 +517,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             }
         }
     }
-    let channels_last = device.is_cuda() && !a.no_channels_last;
+    let channels_last = uses_channels_last(a, device);
     if channels_last {
         for (_, mut t) in moco.variables() {
             crate::amp::make_channels_last(&mut t)?;
