@@ -175,9 +175,15 @@ fn run_rust(cfg: MocoConfig, inp: &Inputs, kind: Kind) -> BTreeMap<String, Tenso
 
 /// Tolerances, as a fraction of max(1, max|reference|) per tensor (absolute for the loss):
 /// fp32-sized in float32, and a million times tighter in float64, where the two implementations
-/// round differently only in the last bits.
-fn tolerances(kind: Kind) -> (f64, f64, f64) {
+/// round differently only in the last bits. With the projector's BatchNorm1d the float64
+/// gradient bound is ten times wider: it normalises each channel over only 4 samples (a
+/// shuffle-BN group of this batch of 8), not 4×H×W values as the backbone's BN does, and its
+/// backward divides by those small-sample deviations. Measured worst: 6.2e-11 (AVX-512) and
+/// 9.7e-11 (libtorch held to AVX2) in `fc.0.weight` at steps 3–4; a projector BN over the
+/// whole batch instead of the groups moves 775 of the 1,005 quantities past it.
+fn tolerances(kind: Kind, head_bn: bool) -> (f64, f64, f64) {
     match kind {
+        Kind::Double if head_bn => (1e-11, 1e-9, 1e-11),
         Kind::Double => (1e-11, 1e-10, 1e-11),
         _ => (1e-5, 1e-4, 1e-5),
     }
@@ -189,8 +195,9 @@ fn compare(
     reference: &BTreeMap<String, Tensor>,
     kind: Kind,
     steps: usize,
+    head_bn: bool,
 ) -> Vec<Check> {
-    let (t_loss, t_grad, t_state) = tolerances(kind);
+    let (t_loss, t_grad, t_state) = tolerances(kind, head_bn);
     let mut checks = Vec::new();
     for (name, want) in reference {
         let step: usize = name
@@ -274,7 +281,13 @@ fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>)
         .into_iter()
         .collect();
 
-    let checks = compare(&run_rust(cfg.clone(), &inp, kind), &reference, kind, steps);
+    let checks = compare(
+        &run_rust(cfg.clone(), &inp, kind),
+        &reference,
+        kind,
+        steps,
+        cfg.head_bn,
+    );
     let summary = summarize(&checks);
     eprintln!(
         "moco parity ({kind:?}, symmetric {symmetric}, head BN {}, {steps} steps): {summary}",
@@ -305,7 +318,13 @@ fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>)
         (what, bad)
     });
     for (what, bad) in planted {
-        let checks = compare(&run_rust(bad, &inp, kind), &reference, kind, steps);
+        let checks = compare(
+            &run_rust(bad, &inp, kind),
+            &reference,
+            kind,
+            steps,
+            cfg.head_bn,
+        );
         let failed = checks.iter().filter(|c| !c.ok).count();
         eprintln!(
             "  planted fault `{what}`: {failed}/{} checks fail",

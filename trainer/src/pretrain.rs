@@ -347,6 +347,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
     if a.amp != Amp::Off {
         crate::amp::set_cuda_dtype(a.amp == Amp::Bf16)?;
     }
+    let aug_cfg = a.aug.config(a.io.size)?;
     if a.batch_size == 0 || a.bn_splits < 1 || a.batch_size as i64 % a.bn_splits != 0 {
         bail!(
             "--batch-size {} must be a positive multiple of --bn-splits {}",
@@ -439,7 +440,6 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
         }
     };
 
-    let aug_cfg = a.aug.config(a.io.size)?;
     let algo = algorithm_config(a, &aug_cfg, total, n);
     let config = json!({
         "command": "pretrain",
