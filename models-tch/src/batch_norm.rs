@@ -47,36 +47,32 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let (eps, momentum) = (self.spec.eps, self.spec.momentum);
         if !train {
-            return x.batch_norm(
-                self.weight.as_ref(),
-                self.bias.as_ref(),
-                Some(&self.running_mean),
-                Some(&self.running_var),
-                false,
-                momentum,
-                eps,
-                true,
-            );
+            return self.whole_batch(x, false);
         }
         if self.splits == 1 {
-            let y = x.batch_norm(
-                self.weight.as_ref(),
-                self.bias.as_ref(),
-                Some(&self.running_mean),
-                Some(&self.running_var),
-                true,
-                momentum,
-                eps,
-                true,
-            );
+            let y = self.whole_batch(x, true);
             tch::no_grad(|| {
                 let _ = self.num_batches_tracked.shallow_clone().f_add_scalar_(1);
             });
             return y;
         }
         self.split_forward(x)
+    }
+
+    /// Plain BatchNorm: batch statistics (updating the running ones) when `training`, else the
+    /// running statistics.
+    fn whole_batch(&self, x: &Tensor, training: bool) -> Tensor {
+        x.batch_norm(
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            training,
+            self.spec.momentum,
+            self.spec.eps,
+            true,
+        )
     }
 
     /// MoCo's `SplitBatchNorm.forward` in training mode (moco/demo: colab notebook): fold the

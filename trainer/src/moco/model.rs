@@ -232,16 +232,10 @@ impl Moco {
     /// The loss of queries `im_q` against keys of `im_k`, the whole batch's keys, the queries.
     fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> Result<StepOut> {
         let q = self.q.embed(im_q, true);
-        if self.cfg.fault == Fault::MomentumAfterKeys {
-            let (k, keys) = self.keys(im_k, perm)?;
-            self.momentum_update();
-            return Ok(StepOut {
-                loss: self.info_nce(&q, &k),
-                keys,
-                queries: q.detach(),
-            });
-        }
         let (k, keys) = self.keys(im_k, perm)?;
+        if self.cfg.fault == Fault::MomentumAfterKeys {
+            self.momentum_update();
+        }
         Ok(StepOut {
             loss: self.info_nce(&q, &k),
             keys,
@@ -330,11 +324,20 @@ mod tests {
             head_bn: false,
             fault: Fault::None,
         };
+        // One draw of weights, queue and images for both runs: other tests share libtorch's
+        // global RNG, so two seeded draws in a row need not be the same draw.
+        tch::manual_seed(1);
+        let base = Moco::new(cfg.clone(), Device::Cpu);
+        let x1 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let x2 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
         let run = |cl: bool| {
-            tch::manual_seed(1);
-            let moco = Moco::new(cfg.clone(), Device::Cpu);
-            let mut x1 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
-            let mut x2 = Tensor::randn([8, 3, 64, 64], (Kind::Float, Device::Cpu));
+            let mut moco = Moco::new(cfg.clone(), Device::Cpu);
+            tch::no_grad(|| {
+                moco.vs_q.copy(&base.vs_q).unwrap();
+                moco.vs_k.copy(&base.vs_k).unwrap();
+            });
+            moco.queue = base.queue.copy();
+            let (mut x1, mut x2) = (x1.copy(), x2.copy());
             if cl {
                 for (_, mut t) in moco.variables() {
                     crate::amp::make_channels_last(&mut t).unwrap();
