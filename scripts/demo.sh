@@ -4,16 +4,18 @@
 #
 #   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
 #   OUT=DIR       where everything goes (runs/demo)
-#   STEPS=N       pretraining steps (230: about 5 minutes on 2 CPU cores)
-#   BATCH, QUEUE, LR, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
-#   PRETRAIN_FLAGS="..."  more pretrain flags (e.g. --no-crop, --head-bn)
+#   STEPS=N       pretraining steps (450 of 64-pixel views: about 6 minutes on 2 CPU cores)
+#   BATCH, QUEUE, LR, BN_SPLITS, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
+#   PRETRAIN_FLAGS="..."  pretrain flags ("--crop 64 --head-bn"; e.g. add --no-crop)
+#   LINEAR_FLAGS="..."    flags of both linear runs, floor and pretrained ("--standardize")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/demo}"
-STEPS="${STEPS:-230}"; BATCH="${BATCH:-64}"; QUEUE="${QUEUE:-1024}"; LR="${LR:-0.3}"
+STEPS="${STEPS:-450}"; BATCH="${BATCH:-64}"; QUEUE="${QUEUE:-1024}"; LR="${LR:-0.24}"; BN_SPLITS="${BN_SPLITS:-2}"
 ARCH="${ARCH:-resnet18}"; THREADS="${THREADS:-2}"; DEVICE="${DEVICE:-auto}"
 LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"; SEED="${SEED:-0}"
-read -r -a extra <<< "${PRETRAIN_FLAGS:-}"
+read -r -a extra <<< "${PRETRAIN_FLAGS---crop 64 --head-bn}"
+read -r -a lin_extra <<< "${LINEAR_FLAGS---standardize}"
 train=target/release/moco-train
 infer=target/release/moco-infer
 mkdir -p "$out"
@@ -35,11 +37,11 @@ common=(--data "$DATA" --threads "$THREADS" --device "$DEVICE" --seed "$SEED" --
 say "random-init floor (kNN and linear on frozen random features)"
 knn_floor=$($train knn --random-init --arch "$ARCH" "${common[@]}" | last)
 lin_floor=$($train linear --random-init --arch "$ARCH" --out "$out/linear-random" --fast \
-  --epochs "$LINEAR_EPOCHS" --quiet "${common[@]}" | last)
+  --epochs "$LINEAR_EPOCHS" --quiet "${lin_extra[@]}" "${common[@]}" | last)
 
 say "pretraining: $ARCH, $STEPS steps of batch $BATCH (progress: $out/pretrain/metrics.jsonl)"
 pre=$($train pretrain --out "$out/pretrain" --arch "$ARCH" --steps "$STEPS" --batch-size "$BATCH" \
-  --queue-size "$QUEUE" --lr "$LR" --bn-splits 4 --knn-every 1 --checkpoint-every 100 --resume \
+  --queue-size "$QUEUE" --lr "$LR" --bn-splits "$BN_SPLITS" --knn-every 1 --checkpoint-every 100 --resume \
   "${extra[@]}" "${common[@]}" | last)
 # pretrain's own final kNN (same k, T, bank and query as `knn`): no second pass over the data,
 # unless a resumed, already finished run had nothing to measure.
@@ -48,7 +50,7 @@ knn_pre=$(python3 -c "import json,sys; t=json.loads(sys.argv[1]).get('knn_top1')
 
 say "linear evaluation of the pretrained encoder"
 lin_pre=$($train linear --encoder "$out/pretrain/encoder.safetensors" --out "$out/linear" --fast \
-  --epochs "$LINEAR_EPOCHS" --quiet "${common[@]}" | last)
+  --epochs "$LINEAR_EPOCHS" --quiet "${lin_extra[@]}" "${common[@]}" | last)
 $train plot "$out/pretrain" --out "$out/curves.png" --floor "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['top1'])" "$knn_floor")" >/dev/null
 
 first_val=$(find "$DATA/val" -type f \( -name '*.png' -o -name '*.jpg' \) | sort | head -1)
@@ -69,13 +71,15 @@ cat <<TABLE
 | encoder | kNN top-1 (k=200) | linear top-1 | linear top-5 |
 |---|---|---|---|
 | random init (floor) | $(pct "$knn_floor" top1) % | $(pct "$lin_floor" top1) % | $(pct "$lin_floor" top5) % |
-| MoCo v2, $STEPS steps | $(pct "$knn_pre" top1) % | $(pct "$lin_pre" top1) % | $(pct "$lin_pre" top5) % |
+| MoCo, $STEPS steps | $(pct "$knn_pre" top1) % | $(pct "$lin_pre" top1) % | $(pct "$lin_pre" top5) % |
 
 | ONNX model on val | top-1 | top-5 | images/s | predictions vs moco-train linear |
 |---|---|---|---|---|
 | moco-infer ort | $(pct "$ort" top1) % | $(pct "$ort" top5) % | $(rate "$ort" images_per_sec) | $(same "$out/predictions-ort.csv" "$out/linear/val_predictions.csv") |
 | moco-infer tract | $(pct "$tract" top1) % | $(pct "$tract" top5) % | $(rate "$tract" images_per_sec) | $(same "$out/predictions-tract.csv" "$out/linear/val_predictions.csv") |
 
+Pretraining: $STEPS steps of batch $BATCH, ${extra[*]:-aug+ at full size}, lr $LR, queue $QUEUE, $BN_SPLITS BN splits.
+Linear probe on both encoders: linear --fast --epochs $LINEAR_EPOCHS ${lin_extra[*]:-}.
 Figures: $out/curves.png (loss, lr, kNN vs the floor), $out/augment.png (originals and two views),
 $out/feature-maps.png (conv1 activations of one val image).
 Model: $out/model.onnx. Total: $(( $(date +%s) - t0 )) s.

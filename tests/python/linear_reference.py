@@ -3,6 +3,8 @@ Frozen torchvision backbone in eval mode, fc initialised N(0, 0.01) / 0, SGD lr 
 no weight decay, batch 256, x0.1 at the milestones, top-1 on val after the last epoch. Default:
 the cached-feature form (`--fast` in Rust: eval-transform features computed once). `--augment`:
 the full protocol, RandomResizedCrop + flip drawn every epoch through the frozen backbone.
+`--standardize`: MAE's probe, a BatchNorm without affine before fc whose statistics are the
+train split's eval-transform features (biased variance, eps 1e-5), fixed before training.
 `--save-random-init FILE` writes torchvision's random init as a backbone both sides can load.
 One JSON line out.
 """
@@ -26,14 +28,17 @@ def main():
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--data", required=True)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=30.0)
+    ap.add_argument("--lr", type=float)
     ap.add_argument("--milestones", default="60,80")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--augment", action="store_true")
+    ap.add_argument("--standardize", action="store_true")
     ap.add_argument("--save-random-init")
     a = ap.parse_args()
+    if a.lr is None:
+        a.lr = 0.1 if a.standardize else 30.0
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     net = getattr(torchvision.models, a.arch)()
@@ -58,8 +63,12 @@ def main():
             from PIL import Image
             t = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
             return torch.cat([net(torch.stack([t(Image.open(p).convert("RGB")) for p, _ in b])) for b in dl])
-        ft = None if a.augment else raw(train)
+        ft = None if a.augment and not a.standardize else raw(train)
         fv = raw(val)
+    norm = lambda f: f  # noqa: E731
+    if a.standardize:
+        mu, var = ft.mean(0), ft.var(0, unbiased=False)
+        norm = lambda f: (f - mu) / torch.sqrt(var + 1e-5)  # noqa: E731
     yt = torch.tensor([y for _, y in train])
     yv = torch.tensor([y for _, y in val])
     fc = nn.Linear(fv.shape[1], int(yt.max()) + 1)
@@ -87,7 +96,7 @@ def main():
             for x, y in loader:
                 with torch.no_grad():
                     f = net(x)
-                loss = nn.functional.cross_entropy(fc(f), y)
+                loss = nn.functional.cross_entropy(fc(norm(f)), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -95,13 +104,13 @@ def main():
             perm = torch.randperm(len(yt))
             for i in range(0, len(yt), a.batch_size):
                 idx = perm[i:i + a.batch_size]
-                loss = nn.functional.cross_entropy(fc(ft[idx]), yt[idx])
+                loss = nn.functional.cross_entropy(fc(norm(ft[idx])), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         sched.step()
     with torch.no_grad():
-        top1 = (fc(fv).argmax(1) == yv).float().mean().item()
+        top1 = (fc(norm(fv)).argmax(1) == yv).float().mean().item()
     print(json.dumps({"top1": top1, "n": len(yv), "epochs": a.epochs, "augment": a.augment}))
 
 

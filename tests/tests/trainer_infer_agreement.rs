@@ -30,6 +30,18 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn linear_val_predictions_equal_moco_infer_on_the_exported_model() {
+    agree(&["--lr", "1"]);
+}
+
+/// `--standardize` trains on normalised features and saves the fc with the normalisation folded
+/// in: the exported model, which knows nothing of it, must predict what linear reported (the
+/// fold's algebra itself is held by the unit tests of `linear::standardize`).
+#[test]
+fn a_standardized_probe_folds_into_the_exported_classifier() {
+    agree(&["--standardize"]);
+}
+
+fn agree(linear_flags: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run, lin, model) = (
         tmp.path().join("data"),
@@ -68,10 +80,11 @@ fn linear_val_predictions_equal_moco_infer_on_the_exported_model() {
         s(&cache),
     ]);
     trainer::pretrain::run(&p.a).unwrap();
-    let l = Linear::parse_from([
+    let encoder = run.join("encoder.safetensors");
+    let mut args = vec![
         "x",
         "--encoder",
-        s(&run.join("encoder.safetensors")),
+        s(&encoder),
         "--data",
         s(&data),
         "--out",
@@ -80,14 +93,14 @@ fn linear_val_predictions_equal_moco_infer_on_the_exported_model() {
         "5",
         "--batch-size",
         "16",
-        "--lr",
-        "1",
         "--quiet",
         "--threads",
         "1",
         "--cache-dir",
         s(&cache),
-    ]);
+    ];
+    args.extend_from_slice(linear_flags);
+    let l = Linear::parse_from(args);
     let result = trainer::linear::run(&l.a).unwrap();
     exporter::export(
         &exporter::checkpoint::LoadOptions::new(

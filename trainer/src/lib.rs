@@ -20,6 +20,7 @@ pub mod merge_labels;
 pub mod metrics;
 pub mod moco;
 pub mod plot;
+pub mod preset;
 pub mod pretrain;
 pub mod preview;
 pub mod progress;

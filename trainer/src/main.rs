@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
 use trainer::{
@@ -126,7 +126,12 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand())
+    {
+        trainer::preset::resolve(a, m);
+    }
     let result = isa::IsaPath::from_env().and_then(|_| dispatch(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,

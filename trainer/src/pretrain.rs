@@ -42,6 +42,9 @@ pub struct PretrainArgs {
     /// The view size and the parts of aug+ that are switched off.
     #[command(flatten)]
     pub aug: crate::aug_args::AugArgs,
+    /// A named recipe: fills the flags this command line leaves unset (see --help of each).
+    #[arg(long, value_enum)]
+    pub preset: Option<crate::preset::Preset>,
     /// Splits whose images are pretrained on (labels ignored), comma-separated.
     #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
@@ -449,6 +452,7 @@ pub fn run(a: &PretrainArgs) -> Result<Value> {
             "device": format!("{device:?}"),
             "dist_backend": dist.as_ref().map(|d| d.backend.name()),
             "channels_last": uses_channels_last(a, device),
+            "preset": a.preset,
             "checkpoint_every": a.checkpoint_every,
             "knn_every": a.knn_every,
             "log_every": a.log_every,

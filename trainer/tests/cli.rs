@@ -453,3 +453,30 @@ fn augmentation_switches_and_head_bn_are_recorded() {
         "{last}"
     );
 }
+
+/// `--preset small-data` reaches the run through the binary's own parsing: the preset's values
+/// where the command line is silent, the command line's where it is not.
+#[test]
+fn the_small_data_preset_fills_only_the_unset_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // pretrain_args gives --queue-size 16 and --bn-splits 2 explicitly.
+    let o = run(&pretrain_args(
+        &out,
+        &["--steps", "1", "--preset", "small-data"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let alg = &config["algorithm"];
+    assert_eq!(config["run"]["preset"], "small-data");
+    assert_eq!(alg["augmentation"]["size"], 64);
+    assert_eq!(
+        (alg["lr"].as_f64(), alg["head_bn"].as_bool()),
+        (Some(0.24), Some(true))
+    );
+    assert_eq!(
+        (alg["queue_size"].as_i64(), alg["bn_splits"].as_i64()),
+        (Some(16), Some(2))
+    );
+}
