@@ -4,7 +4,7 @@
 #
 #   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
 #   OUT=DIR       where everything goes (runs/demo)
-#   STEPS=N       pretraining steps (450 of 64-pixel views: about 6 minutes on 2 CPU cores)
+#   STEPS=N       pretraining steps (450 of 64-pixel views: about 9½ minutes on 2 CPU cores, kNN included)
 #   BATCH, QUEUE, LR, BN_SPLITS, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
 #   PRETRAIN_FLAGS="..."  pretrain flags ("--crop 64 --head-bn"; e.g. add --no-crop)
 #   LINEAR_FLAGS="..."    flags of both linear runs, floor and pretrained ("--standardize")
