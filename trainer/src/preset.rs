@@ -50,6 +50,7 @@ pub fn resolve(a: &mut PretrainArgs, m: &clap::ArgMatches) {
         p.apply(a, |id| {
             m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
         });
+        a.preset_applied = true;
     }
 }
 

@@ -45,6 +45,10 @@ pub struct PretrainArgs {
     /// A named recipe: fills the flags this command line leaves unset (see --help of each).
     #[arg(long, value_enum)]
     pub preset: Option<crate::preset::Preset>,
+    /// Set by `preset::resolve`: a preset needs the parser's matches (which flags were given),
+    /// so a caller that parsed these arguments itself must resolve them before `run`.
+    #[arg(skip)]
+    pub preset_applied: bool,
     /// Splits whose images are pretrained on (labels ignored), comma-separated.
     #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
@@ -319,6 +323,9 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<Value> {
+    if let (Some(p), false) = (a.preset, a.preset_applied) {
+        bail!("--preset {p:?}: not applied (call trainer::preset::resolve with the arguments' matches)");
+    }
     let mut device = a.io.setup()?;
     let env = match DistEnv::from_env()? {
         None if a.dist_backend != DistBackend::Auto => Some(DistEnv::single()),
