@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::{DataError, Result};
 use crate::pt_labels::read_label_tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Folder,
@@ -31,7 +31,7 @@ impl FromStr for Format {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,

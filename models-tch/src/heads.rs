@@ -1,9 +1,9 @@
-//! The MoCo projection MLP and the linear classifier as tch modules.
+//! The pretraining heads (projector, predictor) and the linear classifier as tch modules.
 
 use tch::nn::{self, Init};
 use tch::Tensor;
 
-use models::heads::{Classifier, MlpHead};
+use models::heads::{Classifier, MlpHead, MlpLayer};
 use models::layers::Linear;
 
 use crate::batch_norm::BatchNorm;
@@ -12,7 +12,7 @@ use crate::path_for;
 #[derive(Debug)]
 pub struct LinearModule {
     pub weight: Tensor,
-    pub bias: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl LinearModule {
@@ -28,47 +28,57 @@ impl LinearModule {
         let (o, i) = (spec.out_features as i64, spec.in_features as i64);
         LinearModule {
             weight: p.var("weight", &[o, i], init),
-            bias: p.var("bias", &[o], init),
+            bias: spec.bias.then(|| p.var("bias", &[o], init)),
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
 #[derive(Debug)]
+enum LayerModule {
+    Linear(LinearModule),
+    Norm(BatchNorm),
+    Relu,
+}
+
+/// A projector or predictor ([`MlpHead`]): its BatchNorm1d layers are split into `bn_splits`
+/// groups like the backbone's (shuffle BN: a whole-batch BN here would let the query and key
+/// batches share statistics).
+#[derive(Debug)]
 pub struct MlpHeadModule {
-    pub fc1: LinearModule,
-    pub fc2: LinearModule,
-    /// The projector's BatchNorm1d pair ([`models::HeadNorm`]), shuffle-BN split like the
-    /// backbone's: a whole-batch BN here would let the query and key batches share statistics.
-    pub norm: Option<(BatchNorm, BatchNorm)>,
+    layers: Vec<LayerModule>,
 }
 
 impl MlpHeadModule {
+    /// Variables are created layer by layer, so the random draws of the linear layers come in the
+    /// order PyTorch makes them (BatchNorm's constant init draws nothing).
     pub fn new(root: &nn::Path, spec: &MlpHead, bn_splits: i64) -> Self {
-        MlpHeadModule {
-            fc1: LinearModule::new(root, &spec.fc1),
-            fc2: LinearModule::new(root, &spec.fc2),
-            norm: spec.norm.as_ref().map(|n| {
-                (
-                    BatchNorm::new(root, &n.hidden, bn_splits),
-                    BatchNorm::without_affine(root, &n.out, bn_splits),
-                )
-            }),
-        }
+        let layers = spec
+            .layers
+            .iter()
+            .map(|l| match l {
+                MlpLayer::Linear(fc) => LayerModule::Linear(LinearModule::new(root, fc)),
+                MlpLayer::Norm { bn, affine: true } => {
+                    LayerModule::Norm(BatchNorm::new(root, bn, bn_splits))
+                }
+                MlpLayer::Norm { bn, affine: false } => {
+                    LayerModule::Norm(BatchNorm::without_affine(root, bn, bn_splits))
+                }
+                MlpLayer::Relu => LayerModule::Relu,
+            })
+            .collect();
+        MlpHeadModule { layers }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.fc1.forward(x);
-        match &self.norm {
-            None => self.fc2.forward(&h.relu()),
-            Some((hidden, out)) => {
-                let h = hidden.forward_t(&h, train).relu();
-                out.forward_t(&self.fc2.forward(&h), train)
-            }
-        }
+        self.layers.iter().fold(x.shallow_clone(), |h, l| match l {
+            LayerModule::Linear(fc) => fc.forward(&h),
+            LayerModule::Norm(bn) => bn.forward_t(&h, train),
+            LayerModule::Relu => h.relu(),
+        })
     }
 }
 
@@ -84,11 +94,23 @@ impl ClassifierModule {
         }
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.fc.weight
+    }
+
+    /// The classifier's `Linear` always has a bias ([`Classifier::new`]).
+    pub fn bias(&self) -> &Tensor {
+        self.fc
+            .bias
+            .as_ref()
+            .expect("the classifier is built with a bias")
+    }
+
     /// MoCo's linear protocol init: weight N(0, 0.01), bias 0.
     pub fn reset_moco(&mut self) {
         tch::no_grad(|| {
             let _ = self.fc.weight.normal_(0.0, 0.01);
-            let _ = self.fc.bias.zero_();
+            let _ = self.bias().shallow_clone().zero_();
         });
     }
 

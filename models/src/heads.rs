@@ -1,80 +1,158 @@
-//! What sits on the pooled backbone features: MoCo v2's projection MLP and the linear classifier.
+//! What sits on the pooled backbone features: the projection and prediction MLPs of pretraining
+//! and the linear classifier.
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{BatchNorm2d, Linear, TensorSpec};
 use crate::preprocess::META_CLASSES;
 use crate::weights::TensorMap;
 
-/// MoCo v2's head: official code replaces torchvision's `fc` with
-/// `Sequential(Linear(d, d), ReLU(), Linear(d, dim))`, hence the names `fc.0` and `fc.2`.
-/// With [`HeadNorm`] it is MoCo v3's projector instead:
-/// `Sequential(Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d(affine=False))`, names `fc.0`,
-/// `fc.1`, `fc.3`, `fc.4`. Its output is l2-normalised by the MoCo loss, not here.
+/// One entry of a head's `nn.Sequential`, in order; its index is its name (`fc.0`, `fc.1`, …).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MlpHead {
-    pub fc1: Linear,
-    pub fc2: Linear,
-    pub norm: Option<HeadNorm>,
+pub enum MlpLayer {
+    Linear(Linear),
+    /// BatchNorm1d (the spec type is shared with BatchNorm2d: same tensors, same arithmetic per
+    /// channel). Without affine parameters at a projector's output: a learned bias there would
+    /// give the embeddings back the common offset the normalisation removes.
+    Norm {
+        bn: BatchNorm2d,
+        affine: bool,
+    },
+    Relu,
 }
 
-/// The projector's two BatchNorm1d layers (the spec type is shared with BatchNorm2d: same
-/// tensors, same arithmetic per channel). `out` has no affine parameters: a learned bias there
-/// would give the embeddings back the common offset the normalisation removes.
+/// What sits on the pooled features during pretraining: a projector or a predictor, described
+/// as the published code's `nn.Sequential`, so its tensors carry the same names.
+/// - MoCo v2 ([`MlpHead::new`]): `Sequential(Linear(d, d), ReLU(), Linear(d, dim))` replacing
+///   torchvision's `fc`, names `fc.0`, `fc.2`;
+/// - MoCo v1 ([`MlpHead::linear`]): torchvision's own `fc` with `dim` outputs;
+/// - with BatchNorm ([`MlpHead::with_norm`], MoCo v3's projector shape):
+///   `Sequential(Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d(affine=False))`;
+/// - the general form ([`MlpHead::build`]): MoCo v3's `_build_mlp`, BYOL's projector and
+///   predictor.
+///
+/// Its output is l2-normalised by the loss, not here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HeadNorm {
-    pub hidden: BatchNorm2d,
-    pub out: BatchNorm2d,
+pub struct MlpHead {
+    pub layers: Vec<MlpLayer>,
+}
+
+/// The shape of an MLP head for [`MlpHead::build`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlpShape {
+    /// Linear layers (at least 1).
+    pub layers: usize,
+    pub hidden: usize,
+    pub out: usize,
+    /// Biases in the linear layers (MoCo v3 has none).
+    pub bias: bool,
+    /// BatchNorm1d after each hidden linear layer.
+    pub hidden_norm: bool,
+    /// BatchNorm1d without affine after the last linear layer.
+    pub out_norm: bool,
 }
 
 /// MoCo's default embedding width.
 pub const MOCO_DIM: usize = 128;
 
-fn linear(name: &str, in_features: usize, out_features: usize) -> Linear {
-    Linear {
-        name: name.into(),
-        in_features,
-        out_features,
-    }
-}
-
 impl MlpHead {
+    /// MoCo v2's projector: the plain two-layer MLP, hidden width = the feature width.
     pub fn new(feature_dim: usize, out_dim: usize) -> Self {
+        Self::build(
+            "fc",
+            feature_dim,
+            MlpShape {
+                layers: 2,
+                hidden: feature_dim,
+                out: out_dim,
+                bias: true,
+                hidden_norm: false,
+                out_norm: false,
+            },
+        )
+    }
+
+    /// The projector with BatchNorm after each linear layer (MoCo v3's shape, with biases).
+    pub fn with_norm(feature_dim: usize, out_dim: usize) -> Self {
+        Self::build(
+            "fc",
+            feature_dim,
+            MlpShape {
+                layers: 2,
+                hidden: feature_dim,
+                out: out_dim,
+                bias: true,
+                hidden_norm: true,
+                out_norm: true,
+            },
+        )
+    }
+
+    /// One linear layer named `prefix` itself (torchvision's `fc` with `out_dim` classes).
+    pub fn linear(prefix: &str, feature_dim: usize, out_dim: usize) -> Self {
         MlpHead {
-            fc1: linear("fc.0", feature_dim, feature_dim),
-            fc2: linear("fc.2", feature_dim, out_dim),
-            norm: None,
+            layers: vec![MlpLayer::Linear(Linear::new(prefix, feature_dim, out_dim))],
         }
     }
 
-    /// The projector with BatchNorm after each linear layer (MoCo v3's).
-    pub fn with_norm(feature_dim: usize, out_dim: usize) -> Self {
-        MlpHead {
-            fc1: linear("fc.0", feature_dim, feature_dim),
-            fc2: linear("fc.3", feature_dim, out_dim),
-            norm: Some(HeadNorm {
-                hidden: BatchNorm2d::new("fc.1".into(), feature_dim),
-                out: BatchNorm2d::new("fc.4".into(), out_dim),
-            }),
+    /// `Sequential` of `shape.layers` linear layers under `prefix` (`prefix.0`, `prefix.1`, …):
+    /// Linear, [BatchNorm1d], ReLU between layers; [BatchNorm1d(affine=False)] at the end.
+    pub fn build(prefix: &str, input: usize, shape: MlpShape) -> Self {
+        let mut layers = Vec::new();
+        let name = |layers: &Vec<MlpLayer>| format!("{prefix}.{}", layers.len());
+        for l in 0..shape.layers.max(1) {
+            let last = l + 1 == shape.layers.max(1);
+            let (i, o) = (
+                if l == 0 { input } else { shape.hidden },
+                if last { shape.out } else { shape.hidden },
+            );
+            layers.push(MlpLayer::Linear(Linear {
+                bias: shape.bias,
+                ..Linear::new(&name(&layers), i, o)
+            }));
+            let norm = if last {
+                shape.out_norm
+            } else {
+                shape.hidden_norm
+            };
+            if norm {
+                let bn = BatchNorm2d::new(name(&layers), o);
+                layers.push(MlpLayer::Norm { bn, affine: !last });
+            }
+            if !last {
+                layers.push(MlpLayer::Relu);
+            }
         }
+        MlpHead { layers }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.layers
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                MlpLayer::Linear(fc) => Some(fc.out_features),
+                _ => None,
+            })
+            .unwrap_or(0)
     }
 
     pub fn tensors(&self) -> Vec<TensorSpec> {
-        let mut t = self.fc1.tensors();
-        t.extend(self.fc2.tensors());
-        if let Some(n) = &self.norm {
-            t.extend(n.hidden.tensors());
-            t.extend(
-                n.out
+        self.layers
+            .iter()
+            .flat_map(|l| match l {
+                MlpLayer::Linear(fc) => fc.tensors(),
+                MlpLayer::Norm { bn, affine } => bn
                     .tensors()
                     .into_iter()
-                    .filter(|s| s.role != crate::layers::TensorRole::Parameter),
-            );
-        }
-        t
+                    .filter(|s| *affine || s.role != crate::layers::TensorRole::Parameter)
+                    .collect(),
+                MlpLayer::Relu => Vec::new(),
+            })
+            .collect()
     }
 }
 
@@ -87,11 +165,7 @@ pub struct Classifier {
 impl Classifier {
     pub fn new(feature_dim: usize, num_classes: usize) -> Self {
         Classifier {
-            fc: Linear {
-                name: "fc".into(),
-                in_features: feature_dim,
-                out_features: num_classes,
-            },
+            fc: Linear::new("fc", feature_dim, num_classes),
         }
     }
 

@@ -115,29 +115,41 @@ impl ConvBn {
     }
 }
 
-/// `nn.Linear(in_features, out_features)` with bias.
+/// `nn.Linear(in_features, out_features, bias=bias)`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Linear {
     pub name: String,
     pub in_features: usize,
     pub out_features: usize,
+    pub bias: bool,
 }
 
 impl Linear {
+    /// With a bias, as `nn.Linear` defaults.
+    pub fn new(name: &str, in_features: usize, out_features: usize) -> Self {
+        Linear {
+            name: name.into(),
+            in_features,
+            out_features,
+            bias: true,
+        }
+    }
+
     pub fn tensors(&self) -> Vec<TensorSpec> {
-        vec![
-            spec(
-                &self.name,
-                "weight",
-                vec![self.out_features, self.in_features],
-                TensorRole::Parameter,
-            ),
-            spec(
+        let mut t = vec![spec(
+            &self.name,
+            "weight",
+            vec![self.out_features, self.in_features],
+            TensorRole::Parameter,
+        )];
+        if self.bias {
+            t.push(spec(
                 &self.name,
                 "bias",
                 vec![self.out_features],
                 TensorRole::Parameter,
-            ),
-        ]
+            ));
+        }
+        t
     }
 }

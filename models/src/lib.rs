@@ -16,7 +16,7 @@ pub mod weights;
 
 pub use arch::{Arch, BlockKind};
 pub use error::{ModelError, Result};
-pub use heads::{Classifier, ClassifierFile, HeadNorm, MlpHead, MOCO_DIM};
+pub use heads::{Classifier, ClassifierFile, MlpHead, MlpLayer, MlpShape, MOCO_DIM};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
 pub use preprocess::Preprocess;
 pub use resnet::{Block, ResNetDesc, Stage, Stem};

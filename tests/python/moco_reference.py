@@ -1,4 +1,4 @@
-"""MoCo v2 training steps in PyTorch: the reference the Rust trainer is held against.
+"""MoCo v1/v2 training steps in PyTorch: the reference the Rust trainer is held against.
 
 Written from the official moco/builder.py and MoCo's single-GPU demo (SplitBatchNorm,
 _batch_shuffle_single_gpu): torchvision resnet with a 2-layer MLP head, key encoder updated by
@@ -9,7 +9,7 @@ Usage: moco_reference.py INPUT.safetensors OUTPUT.safetensors
 INPUT holds q/<name> (initial weights of both encoders), queue, im1_<t>, im2_<t>, perm_<t>
 (int64 shuffle permutation; perm2_<t> with the symmetric loss) and metadata
 {arch, steps, momentum, temperature, bn_splits, lr_<t>, weight_decay, sgd_momentum, symmetric,
-head_bn}.
+head_bn, linear_head (MoCo v1's one-layer projector)}.
 OUTPUT: per step t: loss_<t>, grad_<t>/<name> (query encoder gradients), k_<t>/<name> (key
 encoder after the step), queue_<t>, ptr_<t>.
 """
@@ -47,9 +47,11 @@ class SplitBatchNorm1d(nn.BatchNorm1d):
         return out
 
 
-def encoder(arch, bn_splits, head_bn):
+def encoder(arch, bn_splits, head_bn, linear_head=False):
     norm = (lambda c: SplitBatchNorm(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
     net = getattr(torchvision.models, arch)(num_classes=128, norm_layer=norm)
+    if linear_head:  # MoCo v1: torchvision's own fc with 128 outputs
+        return net
     dim_mlp = net.fc.weight.shape[1]
     if head_bn:  # MoCo v3's projector: Linear, BN, ReLU, Linear, BN(affine=False)
         net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), SplitBatchNorm1d(dim_mlp, bn_splits),
@@ -60,11 +62,11 @@ def encoder(arch, bn_splits, head_bn):
 
 
 class MoCo(nn.Module):
-    def __init__(self, arch, K, m, T, bn_splits, symmetric, head_bn):
+    def __init__(self, arch, K, m, T, bn_splits, symmetric, head_bn, linear_head=False):
         super().__init__()
         self.K, self.m, self.T, self.symmetric = K, m, T, symmetric
-        self.encoder_q = encoder(arch, bn_splits, head_bn)
-        self.encoder_k = encoder(arch, bn_splits, head_bn)
+        self.encoder_q = encoder(arch, bn_splits, head_bn, linear_head)
+        self.encoder_k = encoder(arch, bn_splits, head_bn, linear_head)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.register_buffer("queue", torch.zeros(128, K))
@@ -118,7 +120,7 @@ def main(inp, out):
     symmetric = meta["symmetric"] == "true"
     model = MoCo(meta["arch"], t["queue"].shape[1], float(meta["momentum"]),
                  float(meta["temperature"]), int(meta["bn_splits"]), symmetric,
-                 meta.get("head_bn") == "true")
+                 meta.get("head_bn") == "true", meta.get("linear_head") == "true")
     init = {k[2:]: v for k, v in t.items() if k.startswith("q/")}
     model.encoder_q.load_state_dict(init)
     model.encoder_k.load_state_dict(init)

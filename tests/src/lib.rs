@@ -5,3 +5,4 @@ pub mod compare;
 pub mod fixtures;
 pub mod parity;
 pub mod python;
+pub mod steps;

@@ -1,133 +1,66 @@
-//! MoCo v2 steps in Rust (tch) against the PyTorch reference `tests/python/moco_reference.py`:
-//! same initial weights, same augmented batches, same shuffle permutations; five steps with a
-//! queue of two batches, so the pointer wraps to 0 twice. Compared after every step: the loss,
-//! every query-encoder gradient, the whole key encoder (parameters after the momentum update and
-//! BN buffers after the key forward), the queue and its pointer. Then the same comparison must
-//! FAIL for planted faults: momentum update after the key forward, keys not unshuffled, and a
-//! wrong temperature.
+//! MoCo v2 (and v1) steps of the trainer's own step function against the PyTorch reference
+//! `tests/python/moco_reference.py`: same initial weights, same augmented batches, same shuffle
+//! permutations; five steps with a queue of two batches, so the pointer wraps to 0 twice.
+//! Compared after every step: the loss, every query-encoder gradient, the whole key encoder
+//! (parameters after the momentum update and BN buffers after the key forward), the queue and
+//! its pointer. Then the same comparison must FAIL for planted faults: momentum update after the
+//! key forward, keys not unshuffled, and a wrong temperature.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use moco_tests::compare::{check, check_abs, summarize, Check};
+use moco_tests::compare::{summarize, Check};
 use moco_tests::python::run_script;
-use models::{Arch, TensorData, TensorMap};
-use models_tch::convert::tensor_to_data;
-use tch::{Device, Kind, Tensor};
-use trainer::augment::{AugConfig, Augmenter};
-use trainer::moco::model::{Fault, Moco, MocoConfig};
-use trainer::moco::optim::{Schedule, Sgd};
-use trainer::rng::{permutation, stream, Purpose};
+use moco_tests::steps::{
+    build, compare, inputs, inputs_map, ints, read_reference, run_rust, Inputs, DRAW_SEED, RNG_LOCK,
+};
+use models::Arch;
+use tch::{Kind, Tensor};
+use trainer::config::{MethodConfig, OptimConfig, Recipe};
+use trainer::faults::{plant, Fault};
+use trainer::methods::moco::{self, shuffle_permutations};
+use trainer::optim::OptimizerKind;
 
 const STEPS: usize = 5;
 const BATCH: usize = 8;
 const SIZE: u32 = 64;
-const INIT_SEED: i64 = 7;
+const BN_SPLITS: i64 = 2;
 
-fn config(symmetric: bool, head_bn: bool) -> MocoConfig {
-    MocoConfig {
-        arch: Arch::Resnet18,
-        queue_size: 2 * BATCH as i64 * if symmetric { 2 } else { 1 },
-        momentum: 0.99,
-        temperature: 0.2,
-        bn_splits: 2,
-        symmetric,
-        head_bn,
-        fault: Fault::None,
-    }
+fn config(name: &str, symmetric: bool, head_bn: bool) -> MethodConfig {
+    let entry = trainer::methods::find(name).unwrap();
+    let recipe = Recipe {
+        queue_size: Some(2 * BATCH as i64 * if symmetric { 2 } else { 1 }),
+        momentum: Some(0.99),
+        temperature: Some(0.2),
+        symmetric: Some(symmetric),
+        head_bn: Some(head_bn),
+        ..Recipe::default()
+    };
+    (entry.config)(&recipe.or((entry.recipe)(Arch::Resnet18)), Arch::Resnet18).unwrap()
 }
 
-struct Inputs {
-    im1: Vec<Tensor>,
-    im2: Vec<Tensor>,
-    perms: Vec<Vec<Vec<i64>>>,
-    lrs: Vec<f64>,
-}
-
-/// Real aug+ views of generated 96×96 shape images, resized to 64×64 views.
-fn inputs(symmetric: bool) -> Inputs {
-    let aug = Augmenter::new(AugConfig::mocov2(SIZE), &Default::default(), Device::Cpu);
-    let schedule = Schedule {
-        base_lr: 0.03,
-        batch_size: 256,
-        total_steps: STEPS as u64,
+fn optim() -> OptimConfig {
+    OptimConfig {
+        kind: OptimizerKind::Sgd,
+        lr: 0.03,
+        weight_decay: 5e-4,
+        momentum: 0.9,
         warmup_steps: 2,
         cosine: true,
-    };
-    let mut out = Inputs {
-        im1: vec![],
-        im2: vec![],
-        perms: vec![],
-        lrs: vec![],
-    };
-    for s in 0..STEPS {
-        let mut raw = Vec::new();
-        for i in 0..BATCH {
-            raw.extend_from_slice(datasets::synth::render(i % 10, (s * BATCH + i) as u64).as_raw());
-        }
-        let images = Tensor::from_slice(&raw)
-            .view([BATCH as i64, 96, 96, 3])
-            .permute([0, 3, 1, 2]);
-        let mut rng = stream(3, Purpose::Augment, s as u64);
-        let p1 = aug.draw(&mut rng, BATCH, 96, 96);
-        let p2 = aug.draw(&mut rng, BATCH, 96, 96);
-        out.im1.push(aug.views(&images, &p1));
-        out.im2.push(aug.views(&images, &p2));
-        let mut prng = stream(3, Purpose::ShuffleBn, s as u64);
-        out.perms.push(
-            (0..if symmetric { 2 } else { 1 })
-                .map(|_| permutation(&mut prng, BATCH))
-                .collect(),
-        );
-        out.lrs.push(schedule.lr(s as u64));
     }
-    out
 }
 
-fn new_moco(cfg: MocoConfig, kind: Kind) -> Moco {
-    tch::manual_seed(INIT_SEED);
-    let mut moco = Moco::new(cfg, Device::Cpu);
-    if kind == Kind::Double {
-        moco.vs_q.double();
-        moco.vs_k.double();
-        moco.queue = moco.queue.to_kind(kind);
-    }
-    moco
-}
-
-fn write_inputs(path: &Path, cfg: &MocoConfig, inp: &Inputs, kind: Kind) {
-    let moco = new_moco(cfg.clone(), Kind::Float);
-    let mut map = TensorMap::new();
-    for (name, t) in moco.vs_q.variables() {
-        map.insert(format!("q/{name}"), tensor_to_data(&t));
-    }
-    map.insert("queue", tensor_to_data(&moco.queue));
-    for s in 0..STEPS {
-        map.insert(format!("im1_{s}"), tensor_to_data(&inp.im1[s]));
-        map.insert(format!("im2_{s}"), tensor_to_data(&inp.im2[s]));
-        map.insert(
-            format!("perm_{s}"),
-            TensorData::from_i64(vec![BATCH], &inp.perms[s][0]),
-        );
-        if cfg.symmetric {
-            map.insert(
-                format!("perm2_{s}"),
-                TensorData::from_i64(vec![BATCH], &inp.perms[s][1]),
-            );
-        }
-        map.metadata
-            .insert(format!("lr_{s}"), format!("{:e}", inp.lrs[s]));
-    }
-    for (k, v) in [
+fn write_inputs(path: &std::path::Path, cfg: &MethodConfig, inp: &Inputs, kind: Kind) {
+    let moco = build(cfg, BN_SPLITS, BATCH, Kind::Float);
+    let meta = [
         ("arch", "resnet18".to_string()),
-        ("steps", STEPS.to_string()),
         ("momentum", format!("{:e}", cfg.momentum)),
         ("temperature", format!("{:e}", cfg.temperature)),
-        ("bn_splits", cfg.bn_splits.to_string()),
+        ("bn_splits", BN_SPLITS.to_string()),
         ("weight_decay", "5e-4".into()),
         ("sgd_momentum", "0.9".into()),
         ("symmetric", cfg.symmetric.to_string()),
-        ("head_bn", cfg.head_bn.to_string()),
+        ("head_bn", cfg.projector.hidden_norm.to_string()),
+        ("linear_head", (cfg.projector.layers == 1).to_string()),
         (
             "dtype",
             if kind == Kind::Double {
@@ -137,40 +70,22 @@ fn write_inputs(path: &Path, cfg: &MocoConfig, inp: &Inputs, kind: Kind) {
             }
             .into(),
         ),
-    ] {
-        map.metadata.insert(k.into(), v);
+    ];
+    let mut map = inputs_map(moco.as_ref(), inp, &meta);
+    for s in 0..STEPS {
+        let perms = shuffle_permutations(DRAW_SEED, s as u64, BATCH, cfg.symmetric);
+        map.insert(format!("perm_{s}"), ints(&perms[0]));
+        if cfg.symmetric {
+            map.insert(format!("perm2_{s}"), ints(&perms[1]));
+        }
     }
     map.save(path).unwrap();
 }
 
-/// The Rust trainer's steps, recorded as the reference records them.
-fn run_rust(cfg: MocoConfig, inp: &Inputs, kind: Kind) -> BTreeMap<String, Tensor> {
-    let mut moco = new_moco(cfg, kind);
-    let mut opt = Sgd::new(moco.parameters(), 0.9, 5e-4);
-    let mut rec = BTreeMap::new();
-    for s in 0..STEPS {
-        opt.zero_grad();
-        let out = moco
-            .forward(
-                &inp.im1[s].to_kind(kind),
-                &inp.im2[s].to_kind(kind),
-                &inp.perms[s],
-            )
-            .unwrap();
-        out.loss.backward();
-        rec.insert(format!("loss_{s}"), out.loss.detach().reshape([1]));
-        for (name, p) in &opt.params {
-            rec.insert(format!("grad_{s}/{name}"), p.grad().copy());
-        }
-        opt.step(inp.lrs[s]);
-        moco.enqueue(&out.keys);
-        for (name, t) in moco.vs_k.variables() {
-            rec.insert(format!("k_{s}/{name}"), t.copy());
-        }
-        rec.insert(format!("queue_{s}"), moco.queue.copy());
-        rec.insert(format!("ptr_{s}"), Tensor::from_slice(&[moco.ptr]));
-    }
-    rec
+/// The trainer's steps, recorded as the reference records them.
+fn run(cfg: &MethodConfig, inp: &Inputs, kind: Kind) -> BTreeMap<String, Tensor> {
+    let mut moco = build(cfg, BN_SPLITS, BATCH, kind);
+    run_rust(moco.as_mut(), &optim(), inp, kind)
 }
 
 /// Tolerances, as a fraction of max(1, max|reference|) per tensor (absolute for the loss):
@@ -189,109 +104,47 @@ fn tolerances(kind: Kind, head_bn: bool) -> (f64, f64, f64) {
     }
 }
 
-/// Every reference quantity of the first `steps` steps against ours.
-fn compare(
-    ours: &BTreeMap<String, Tensor>,
-    reference: &BTreeMap<String, Tensor>,
-    kind: Kind,
-    steps: usize,
-    head_bn: bool,
-) -> Vec<Check> {
-    let (t_loss, t_grad, t_state) = tolerances(kind, head_bn);
-    let mut checks = Vec::new();
-    for (name, want) in reference {
-        let step: usize = name
-            .split(['_', '/'])
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("reference names are <what>_<step>[/<tensor>]");
-        if step >= steps {
-            continue;
-        }
-        let Some(got) = ours.get(name) else {
-            checks.push(check(
-                &format!("{name} (missing)"),
-                &want.ones_like(),
-                &want.zeros_like(),
-                0.0,
-            ));
-            continue;
-        };
-        checks.push(if name.starts_with("loss_") {
-            check_abs(name, got, want, t_loss)
-        } else if name.starts_with("ptr_") || name.contains("num_batches_tracked") {
-            check_abs(name, got, want, 0.0)
-        } else if name.starts_with("grad_") {
-            check(name, got, want, t_grad)
-        } else {
-            check(name, got, want, t_state)
-        });
-    }
-    checks
-}
+/// Planted faults as (what, fault, temperature).
+type Faults = Vec<(&'static str, Option<Fault>, f64)>;
 
-/// libtorch's RNG is global: the tests of this file draw initial weights from it, so they take
-/// turns instead of interleaving their draws on parallel test threads.
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs the reference in `kind` precision and compares the first `steps` steps; with `mutants`,
-/// also shows that each planted fault breaks the agreement.
-fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
-    parity_of(
-        config(symmetric, false),
-        kind,
-        steps,
-        mutants.then(plain_faults),
-    )
-}
-
-/// The planted faults of MoCo v2 itself.
+/// The planted faults of MoCo itself.
 fn plain_faults() -> Faults {
     vec![
         (
             "momentum update after the key forward",
-            Fault::MomentumAfterKeys,
+            Some(moco::MOMENTUM_AFTER_KEYS),
             0.2,
         ),
-        ("keys not unshuffled", Fault::NoUnshuffle, 0.2),
-        ("temperature 0.07 instead of 0.2", Fault::None, 0.07),
+        ("keys not unshuffled", Some(moco::NO_UNSHUFFLE), 0.2),
+        ("temperature 0.07 instead of 0.2", None, 0.07),
     ]
 }
 
-/// Planted faults as (what, fault, temperature).
-type Faults = Vec<(&'static str, Fault, f64)>;
-
-fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>) {
+/// Runs the reference in `kind` precision and compares the first `steps` steps; with `mutants`,
+/// also shows that each planted fault breaks the agreement.
+fn parity_of(cfg: MethodConfig, kind: Kind, steps: usize, mutants: Option<Faults>) {
     let symmetric = cfg.symmetric;
+    let head_bn = cfg.projector.hidden_norm;
     let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (inp_path, out_path) = (
         dir.path().join("in.safetensors"),
         dir.path().join("out.safetensors"),
     );
-    let inp = inputs(symmetric);
+    let inp = inputs(STEPS, BATCH, SIZE, 0.03);
     write_inputs(&inp_path, &cfg, &inp, kind);
     run_script(
         "moco_reference.py",
         &[inp_path.to_str().unwrap(), out_path.to_str().unwrap()],
     )
     .unwrap();
-    let reference: BTreeMap<String, Tensor> = Tensor::read_safetensors(&out_path)
-        .unwrap()
-        .into_iter()
-        .collect();
-
-    let checks = compare(
-        &run_rust(cfg.clone(), &inp, kind),
-        &reference,
-        kind,
-        steps,
-        cfg.head_bn,
-    );
+    let reference = read_reference(&out_path);
+    let tol = tolerances(kind, head_bn);
+    let checks: Vec<Check> = compare(&run(&cfg, &inp, kind), &reference, steps, tol);
     let summary = summarize(&checks);
     eprintln!(
-        "moco parity ({kind:?}, symmetric {symmetric}, head BN {}, {steps} steps): {summary}",
-        cfg.head_bn
+        "{} parity ({kind:?}, symmetric {symmetric}, head BN {head_bn}, {steps} steps): {summary}",
+        cfg.name
     );
     assert!(
         checks.len() > steps * 150,
@@ -306,25 +159,13 @@ fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>)
         // Five steps over a queue of two batches: the pointer wraps to 0 twice.
         assert_eq!(ptrs.iter().filter(|&&p| p == 0).count(), 2, "{ptrs:?}");
     }
-    let Some(planted) = mutants else {
-        return;
-    };
-    let planted = planted.into_iter().map(|(what, fault, temperature)| {
-        let bad = MocoConfig {
-            fault,
+    for (what, fault, temperature) in mutants.unwrap_or_default() {
+        let bad = MethodConfig {
             temperature,
             ..cfg.clone()
         };
-        (what, bad)
-    });
-    for (what, bad) in planted {
-        let checks = compare(
-            &run_rust(bad, &inp, kind),
-            &reference,
-            kind,
-            steps,
-            cfg.head_bn,
-        );
+        let _armed = fault.map(plant);
+        let checks = compare(&run(&bad, &inp, kind), &reference, steps, tol);
         let failed = checks.iter().filter(|c| !c.ok).count();
         eprintln!(
             "  planted fault `{what}`: {failed}/{} checks fail",
@@ -332,6 +173,15 @@ fn parity_of(cfg: MocoConfig, kind: Kind, steps: usize, mutants: Option<Faults>)
         );
         assert!(failed > 0, "the comparison did not catch: {what}");
     }
+}
+
+fn parity(symmetric: bool, kind: Kind, steps: usize, mutants: bool) {
+    parity_of(
+        config("mocov2", symmetric, false),
+        kind,
+        steps,
+        mutants.then(plain_faults),
+    )
 }
 
 /// The algorithm, step for step: float64 on both sides, five steps, two queue wrap-arounds.
@@ -346,15 +196,35 @@ fn moco_steps_match_pytorch_in_f64_and_catch_planted_faults() {
 fn head_bn_moco_steps_match_pytorch_in_f64_and_catch_an_unsplit_head_bn() {
     let faults = vec![(
         "projector BatchNorm over the whole batch",
-        Fault::HeadBnWholeBatch,
+        Some(moco::HEAD_BN_WHOLE_BATCH),
         0.2,
     )];
-    parity_of(config(false, true), Kind::Double, STEPS, Some(faults));
+    parity_of(
+        config("mocov2", false, true),
+        Kind::Double,
+        STEPS,
+        Some(faults),
+    );
 }
 
 #[test]
 fn symmetric_moco_steps_match_pytorch_in_f64() {
     parity(true, Kind::Double, STEPS, false);
+}
+
+/// MoCo v1: torchvision's own `fc` (one linear layer) as the projector, T 0.07, m 0.999 — the
+/// same step; v2's temperature in its place is caught.
+#[test]
+fn mocov1_steps_match_pytorch_in_f64() {
+    let mut cfg = config("mocov1", false, false);
+    cfg.temperature = 0.07;
+    cfg.momentum = 0.999;
+    parity_of(
+        cfg,
+        Kind::Double,
+        STEPS,
+        Some(vec![("temperature 0.2 instead of 0.07", None, 0.2)]),
+    );
 }
 
 /// float32, as training runs: the first step agrees to fp32 tolerance. Later steps are not

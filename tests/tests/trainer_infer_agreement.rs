@@ -9,8 +9,8 @@ use clap::Parser;
 use datasets::layout::Split;
 use infer::pipeline::{run_split, RunConfig};
 use infer::{BackendKind, DeviceKind};
-use trainer::linear::LinearArgs;
-use trainer::pretrain::PretrainArgs;
+use trainer::cli::linear::LinearArgs;
+use trainer::cli::pretrain::PretrainArgs;
 
 #[derive(Parser)]
 struct Pretrain {
@@ -79,7 +79,7 @@ fn agree(linear_flags: &[&str]) {
         "--cache-dir",
         s(&cache),
     ]);
-    trainer::pretrain::run(&p.a).unwrap();
+    trainer::train::run(&p.a.to_config().unwrap()).unwrap();
     let encoder = run.join("encoder.safetensors");
     let mut args = vec![
         "x",
@@ -101,7 +101,7 @@ fn agree(linear_flags: &[&str]) {
     ];
     args.extend_from_slice(linear_flags);
     let l = Linear::parse_from(args);
-    let result = trainer::linear::run(&l.a).unwrap();
+    let result = trainer::linear::run(&l.a.to_config().unwrap()).unwrap();
     exporter::export(
         &exporter::checkpoint::LoadOptions::new(
             &run.join("encoder.safetensors"),

@@ -8,14 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use datasets::layout::{Format, Split};
-use models::Preprocess;
 use models_tch::parse_device;
 use serde_json::{json, Value};
-use tch::Device;
+use tch::{Device, Kind};
 
-use crate::augment::{AugConfig, Augmenter};
+use crate::augment::AugConfig;
 use crate::data;
-use crate::rng::{permutation, stream, Purpose};
+use crate::train::data::{RankShare, StepBatches, ViewMaker};
 
 #[derive(Args, Debug)]
 pub struct BenchDataArgs {
@@ -57,26 +56,24 @@ pub fn run(a: &BenchDataArgs) -> Result<Value> {
             bank.len()
         );
     }
-    let aug = Augmenter::new(AugConfig::mocov2(96), &Preprocess::default(), device);
-    let order = permutation(&mut stream(0, Purpose::EpochOrder, 0), bank.len());
-    let per_epoch = bank.len() / a.batch_size;
+    // The training loop's own loader: the same batches and views as `pretrain --seed 0`.
+    let mut batches = StepBatches::new(bank, 0, a.batch_size, RankShare::ONE);
+    let views = ViewMaker::new(
+        AugConfig::mocov2(96),
+        device,
+        (0, a.batch_size, 96),
+        RankShare::ONE,
+        (Kind::Float, false),
+    );
     let mut t0 = Instant::now();
-    for b in 0..=a.batches {
+    for b in 0..=a.batches as u64 {
         if b == 1 {
             t0 = Instant::now(); // batch 0 warms up allocators and the page cache
         }
-        let at = (b % per_epoch) * a.batch_size;
-        let idx: Vec<usize> = order[at..at + a.batch_size]
-            .iter()
-            .map(|&i| i as usize)
-            .collect();
-        let images = bank.batch(&idx).to_device(device);
-        let mut rng = stream(0, Purpose::Augment, b as u64);
-        let p1 = aug.draw(&mut rng, a.batch_size, 96, 96);
-        let p2 = aug.draw(&mut rng, a.batch_size, 96, 96);
-        let (v1, v2) = (aug.views(&images, &p1), aug.views(&images, &p2));
+        let images = batches.images_of(b).to_device(device);
+        let (v1, v2) = views.views(&images, b)?;
         if device != Device::Cpu {
-            let _ = (v1.sum(tch::Kind::Float) + v2.sum(tch::Kind::Float)).double_value(&[]);
+            let _ = (v1.sum(Kind::Float) + v2.sum(Kind::Float)).double_value(&[]);
         }
     }
     let secs = t0.elapsed().as_secs_f64();

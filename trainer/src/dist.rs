@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Which c10d process group carries the collectives.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DistBackend {
     /// NCCL when the run is on CUDA and this build has it, else Gloo (PyTorch's advice).
     Auto,

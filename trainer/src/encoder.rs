@@ -1,11 +1,12 @@
 //! Loading a pretrained backbone (`encoder.safetensors`, torchvision names) into tch modules, or
 //! a random-init one for the floor that pretraining must beat.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use models::{Arch, ResNetDesc, TensorMap};
 use models_tch::{load_into, ResNet};
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -16,8 +17,8 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    /// Reads `path`, detects the arch from its tensors, checks every name and shape; a MoCo head
-    /// (`fc.*`) in the file is ignored.
+    /// Reads `path`, detects the arch from its tensors, checks every name and shape; pretraining
+    /// heads (`fc.*`, `predictor.*`) in the file are ignored.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let file = path.display().to_string();
         // The error names the file already.
@@ -40,7 +41,7 @@ impl Backbone {
             &desc.tensors(),
             &file,
             "encoder",
-            |n| n.starts_with("fc."),
+            crate::methods::parts::is_head,
         )?;
         Ok(Backbone { vs, net, arch })
     }
@@ -51,5 +52,31 @@ impl Backbone {
         let vs = VarStore::new(device);
         let net = ResNet::new(&vs.root(), &ResNetDesc::new(arch), 1);
         Backbone { vs, net, arch }
+    }
+}
+
+/// Which backbone a command evaluates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderSource {
+    /// `RUN/encoder.safetensors` or a pretraining checkpoint.
+    Pretrained(PathBuf),
+    /// torchvision's initialisation drawn from `seed`: the floor that pretraining must beat.
+    RandomInit { arch: Arch, seed: u64 },
+}
+
+impl EncoderSource {
+    pub fn load(&self, device: Device) -> Result<Backbone> {
+        match self {
+            EncoderSource::Pretrained(p) => Backbone::load(p, device),
+            EncoderSource::RandomInit { arch, seed } => Ok(Backbone::random(*arch, *seed, device)),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            EncoderSource::Pretrained(p) => Some(p),
+            EncoderSource::RandomInit { .. } => None,
+        }
     }
 }

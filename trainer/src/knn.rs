@@ -2,7 +2,11 @@
 //! nearest bank images vote with weight exp(sim/T); `moco-train knn` and the in-training monitor.
 
 use anyhow::{bail, Result};
+use datasets::layout::Split;
 use tch::{Kind, Tensor};
+
+use crate::config::{Compute, DataSource};
+use crate::encoder::EncoderSource;
 
 use crate::features::top1_top5;
 
@@ -24,8 +28,8 @@ pub fn votes(
     t: f64,
 ) -> Tensor {
     let k = (k as i64).min(bank.size()[0]);
-    let bank = crate::moco::model::normalize(bank);
-    let queries = crate::moco::model::normalize(queries);
+    let bank = crate::loss::normalize(bank);
+    let queries = crate::loss::normalize(queries);
     let c = classes as i64;
     let mut scores = Vec::new();
     tch::no_grad(|| {
@@ -113,55 +117,36 @@ pub fn evaluate(
     )
 }
 
-/// `moco-train knn`.
-#[derive(clap::Args, Debug)]
-pub struct KnnArgs {
-    #[command(flatten)]
-    pub io: crate::eval_args::EvalArgs,
-    /// Backbone to evaluate (`RUN/encoder.safetensors`).
-    #[arg(long, required_unless_present = "random_init")]
-    pub encoder: Option<std::path::PathBuf>,
-    /// Evaluate torchvision's random initialisation instead (the floor); needs --arch.
-    #[arg(long, requires = "arch")]
-    pub random_init: bool,
-    #[arg(long)]
-    pub arch: Option<models::Arch>,
-    #[arg(long, default_value = "train")]
-    pub bank_split: datasets::layout::Split,
-    #[arg(long, default_value = "val")]
-    pub query_split: datasets::layout::Split,
-    #[arg(long, default_value_t = 200)]
+/// `moco-train knn`, every number decided.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnnConfig {
+    pub data: DataSource,
+    pub compute: Compute,
+    pub encoder: EncoderSource,
+    pub bank: Split,
+    pub query: Split,
     pub k: usize,
-    #[arg(long, default_value_t = 0.1)]
+    /// Vote weight exp(similarity / t).
     pub t: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 256)]
+    /// Images per forward pass.
     pub batch_size: usize,
-    #[arg(long)]
-    pub json: bool,
+    pub progress: bool,
 }
 
-pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
-    use crate::encoder::Backbone;
-    let device = a.io.setup()?;
-    if a.k == 0 {
+pub fn run(c: &KnnConfig) -> Result<serde_json::Value> {
+    let device = c.compute.setup()?;
+    if c.k == 0 {
         bail!("--k must be at least 1");
     }
-    let backbone = match (&a.encoder, a.arch) {
-        (Some(p), _) if !a.random_init => Backbone::load(p, device)?,
-        (_, Some(arch)) => Backbone::random(arch, a.seed, device),
-        _ => bail!("--random-init needs --arch"),
-    };
-    let progress = !a.json;
-    let open = |s| a.io.open(s, progress);
-    let (bank, query) = (open(a.bank_split)?, open(a.query_split)?);
+    let backbone = c.encoder.load(device)?;
+    let open = |s| crate::data::open_one(&c.data, s, c.progress);
+    let (bank, query) = (open(c.bank)?, open(c.query)?);
     for (s, flag) in [(&bank, "--bank-split"), (&query, "--query-split")] {
         if !s.is_labeled() {
             bail!(
                 "{flag} {}: {} has no labels; kNN needs a labeled bank and query split",
                 s.labels.len(),
-                a.io.data.display()
+                c.data.root.display()
             );
         }
     }
@@ -169,23 +154,23 @@ pub fn run(a: &KnnArgs) -> Result<serde_json::Value> {
         &backbone.net,
         &bank,
         &query,
-        (a.k, a.t),
+        (c.k, c.t),
         device,
-        a.batch_size,
-        progress,
+        c.batch_size,
+        c.progress,
     )?;
     eprintln!(
         "knn: k={} T={} top-1 {:.2} % top-5 {:.2} % ({} queries, bank {})",
-        a.k,
-        a.t,
+        c.k,
+        c.t,
         100.0 * r.top1,
         100.0 * r.top5,
         query.n,
         bank.n
     );
     Ok(serde_json::json!({
-        "top1": r.top1, "top5": r.top5, "n": query.n, "bank": bank.n, "k": a.k, "t": a.t,
+        "top1": r.top1, "top5": r.top5, "n": query.n, "bank": bank.n, "k": c.k, "t": c.t,
         "arch": backbone.arch.name(),
-        "encoder": a.encoder.as_ref().filter(|_| !a.random_init).map(|p| p.display().to_string()),
+        "encoder": c.encoder.path().map(|p| p.display().to_string()),
     }))
 }

@@ -9,16 +9,20 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use datasets::layout::Split;
 use models::Preprocess;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
+use crate::config::{Compute, DataSource};
 use crate::data::DecodedSplit;
 use crate::encoder::Backbone;
 use crate::features;
+use crate::loss::{info_nce_logits, normalize};
 use crate::rng::{stream, Purpose};
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Highest predictive entropy first.
     Entropy,
@@ -34,7 +38,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Strategy::Entropy => "entropy",
             Strategy::Margin => "margin",
@@ -45,56 +49,40 @@ impl Strategy {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct LabelRequestArgs {
-    #[command(flatten)]
-    pub io: crate::eval_args::EvalArgs,
-    /// Backbone (`RUN/encoder.safetensors` or a pretraining checkpoint).
-    #[arg(long)]
+/// The contrastive strategy's score: per-image InfoNCE of two aug+ views against a fixed
+/// random sample of the pool's other images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContrastiveScore {
+    pub temperature: f64,
+    /// How many other images serve as negatives.
+    pub negatives: usize,
+    /// Seeds the views and the choice of negatives.
+    pub seed: u64,
+}
+
+/// `moco-train label-request`, every number decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelRequestConfig {
+    pub data: DataSource,
+    pub compute: Compute,
     pub encoder: PathBuf,
-    /// Linear classifier from `moco-train linear` (`classifier.safetensors`). Without it, class
-    /// probabilities come from weighted kNN votes of the labeled split (k=--k, T=--t).
-    #[arg(long)]
+    /// A linear classifier; without it, probabilities from kNN votes of the labeled split.
     pub classifier: Option<PathBuf>,
     /// The split to choose from.
-    #[arg(long, default_value = "unlabeled")]
-    pub split: Split,
-    /// The labeled split: class names, kNN votes, and k-center's starting centers.
-    #[arg(long, default_value = "train")]
-    pub labeled_split: Split,
-    /// How many images to request.
-    #[arg(long)]
+    pub pool: Split,
+    /// Class names, kNN votes and k-center's starting centers.
+    pub labeled: Split,
     pub budget: usize,
-    /// How to rank the pool (see each value).
-    #[arg(long, value_enum)]
     pub strategy: Strategy,
-    /// The ranked request: `rank,index,image,score,predicted,confidence`.
-    #[arg(long)]
+    /// The ranked request CSV.
     pub out: PathBuf,
-    /// kNN probabilities (no --classifier): neighbours that vote.
-    #[arg(long, default_value_t = 200)]
+    /// kNN probabilities: neighbours that vote, and the vote weight exp(similarity / t).
     pub k: usize,
-    /// kNN probabilities: vote weight exp(similarity / t).
-    #[arg(long, default_value_t = 0.1)]
     pub t: f64,
-    /// Contrastive strategy: the InfoNCE temperature.
-    #[arg(long, default_value_t = 0.2)]
-    pub temperature: f64,
-    /// Contrastive strategy: how many other images serve as negatives.
-    #[arg(long, default_value_t = 4096)]
-    pub negatives: usize,
-    /// Seeds the contrastive views and the choice of negatives.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    pub contrastive: ContrastiveScore,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Print the result as one JSON object on the last line of stdout.
-    #[arg(long)]
-    pub json: bool,
+    pub progress: bool,
 }
 
 /// The header of the request CSV (merge-labels reads it back).
@@ -132,43 +120,39 @@ fn entropy(p: &Tensor) -> Tensor {
 
 /// Per-image InfoNCE of two aug+ views: the positive is the other view, the negatives a fixed
 /// random sample of other images' eval features (an image is never its own negative).
-#[allow(clippy::too_many_arguments)]
 fn contrastive_loss(
     backbone: &Backbone,
     split: &DecodedSplit,
     eval_feats: &Tensor,
-    a: &LabelRequestArgs,
-    pre: &Preprocess,
+    c: &LabelRequestConfig,
     device: Device,
-    progress: bool,
 ) -> Tensor {
-    let n = split.n;
-    let m = a.negatives.min(n - 1).max(1);
-    let picked = crate::rng::permutation(&mut stream(a.seed, Purpose::Sample, 0), n);
+    let (n, s, size) = (split.n, &c.contrastive, c.data.size);
+    let m = s.negatives.min(n - 1).max(1);
+    let picked = crate::rng::permutation(&mut stream(s.seed, Purpose::Sample, 0), n);
     let neg_idx = Tensor::from_slice(&picked[..m]).to(device);
-    let negs = crate::moco::model::normalize(&eval_feats.index_select(0, &neg_idx));
-    let aug = Augmenter::new(AugConfig::mocov2(a.io.size), pre, device);
-    let bar = crate::progress::bar(n as u64, "contrastive scores", progress);
+    let negs = normalize(&eval_feats.index_select(0, &neg_idx));
+    let aug = Augmenter::new(AugConfig::mocov2(size), &Preprocess::default(), device);
+    let bar = crate::progress::bar(n as u64, "contrastive scores", c.progress);
     let mut out = Vec::new();
     tch::no_grad(|| {
         let idx: Vec<usize> = (0..n).collect();
-        for (c, chunk) in idx.chunks(a.batch_size.max(1)).enumerate() {
+        for (i, chunk) in idx.chunks(c.batch_size.max(1)).enumerate() {
             let images = split.batch(chunk).to_device(device);
-            let mut rng = stream(a.seed, Purpose::Augment, c as u64);
+            let mut rng = stream(s.seed, Purpose::Augment, i as u64);
             let b = chunk.len();
-            let v1 = aug.views(&images, &aug.draw(&mut rng, b, a.io.size, a.io.size));
-            let v2 = aug.views(&images, &aug.draw(&mut rng, b, a.io.size, a.io.size));
-            let q = crate::moco::model::normalize(&backbone.net.forward_t(&v1, false));
-            let k = crate::moco::model::normalize(&backbone.net.forward_t(&v2, false));
-            let pos = (&q * &k).sum_dim_intlist(&[1i64][..], true, Kind::Float);
-            let mut neg = q.mm(&negs.transpose(0, 1));
+            let v1 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
+            let v2 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
+            let q = normalize(&backbone.net.forward_t(&v1, false));
+            let k = normalize(&backbone.net.forward_t(&v2, false));
+            let logits = info_nce_logits(&q, &k, &negs.transpose(0, 1), s.temperature);
             // Mask each image's own column when it is among the negatives.
             let own = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>())
                 .to(device)
                 .unsqueeze(1)
                 .eq_tensor(&neg_idx.unsqueeze(0));
-            neg = neg.masked_fill(&own, f64::NEG_INFINITY);
-            let logits = Tensor::cat(&[pos, neg], 1) / a.temperature;
+            let own = Tensor::cat(&[own.zeros_like().narrow(1, 0, 1), own], 1);
+            let logits = logits.masked_fill(&own, f64::NEG_INFINITY);
             out.push(-logits.log_softmax(1, Kind::Float).select(1, 0));
             bar.inc(b as u64);
         }
@@ -180,8 +164,8 @@ fn contrastive_loss(
 /// Greedy farthest-first selection: `budget` rows of `feats`, starting from `centers`.
 /// Returns the picks in order with their distance (1 − cosine) to the nearest center when picked.
 fn k_center(feats: &Tensor, centers: &Tensor, budget: usize) -> Vec<(usize, f64)> {
-    let f = crate::moco::model::normalize(feats);
-    let c = crate::moco::model::normalize(centers);
+    let f = normalize(feats);
+    let c = normalize(centers);
     let mut dist = tch::no_grad(|| {
         let parts: Vec<Tensor> = f
             .split(4096, 0)
@@ -233,115 +217,137 @@ fn balanced(pred: &[i64], score: &[f64], classes: usize, budget: usize) -> Vec<u
     picks
 }
 
-pub fn run(a: &LabelRequestArgs) -> Result<Value> {
-    let device = a.io.setup()?;
-    if a.budget == 0 {
-        bail!("--budget must be at least 1");
+impl LabelRequestConfig {
+    fn check(&self) -> Result<()> {
+        if self.budget == 0 {
+            bail!("--budget must be at least 1");
+        }
+        if self.k == 0 || self.batch_size == 0 || self.contrastive.negatives == 0 {
+            bail!("--k, --batch-size and --negatives must be at least 1");
+        }
+        models::weights::check_dir_writable(&models::weights::parent_dir(&self.out))
+            .with_context(|| format!("--out {}: not writable", self.out.display()))
     }
-    if a.k == 0 || a.batch_size == 0 || a.negatives == 0 {
-        bail!("--k, --batch-size and --negatives must be at least 1");
-    }
-    models::weights::check_dir_writable(&models::weights::parent_dir(&a.out))
-        .with_context(|| format!("--out {}: not writable", a.out.display()))?;
-    let progress = !a.quiet && !a.json;
-    let backbone = Backbone::load(&a.encoder, device)?;
-    let open = |s: Split| a.io.open(s, progress);
-    let pool = open(a.split)?;
-    let labeled = open(a.labeled_split)?;
+}
+
+/// The pool and the labeled split.
+fn open_splits(c: &LabelRequestConfig) -> Result<(DecodedSplit, DecodedSplit)> {
+    let open = |s: Split| crate::data::open_one(&c.data, s, c.progress);
+    let (pool, labeled) = (open(c.pool)?, open(c.labeled)?);
     if !labeled.is_labeled() {
         bail!(
             "--labeled-split {}: {} has no labels",
-            a.labeled_split.name(),
-            a.io.data.display()
+            c.labeled.name(),
+            c.data.root.display()
         );
     }
-    if a.budget > pool.n {
+    if c.budget > pool.n {
         bail!(
             "--budget {}: the `{}` split holds only {} images",
-            a.budget,
-            a.split.name(),
+            c.budget,
+            c.pool.name(),
             pool.n
         );
     }
-    let classes = labeled.classes.clone();
-    let head = match &a.classifier {
-        Some(p) => Some(load_classifier(
-            p,
-            backbone.net.desc.feature_dim,
-            &classes,
-            device,
-        )?),
-        None => None,
-    };
+    Ok((pool, labeled))
+}
 
-    let pre = Preprocess::default();
-    let bs = a.batch_size;
-    let fu = features::extract(&backbone.net, &pool, &pre, device, bs, progress, "features");
-    // The labeled split's features serve the kNN probabilities and k-center's starting
-    // centers; with a classifier and another strategy they are not computed.
-    let fl = (head.is_none() || a.strategy == Strategy::Kcenter).then(|| {
-        features::extract(
-            &backbone.net,
-            &labeled,
-            &pre,
-            device,
-            bs,
-            progress,
-            "labeled features",
-        )
-    });
-    let probs = tch::no_grad(|| match &head {
-        Some((w, b)) => fu.linear(w, Some(b)).softmax(1, Kind::Float),
+/// The frozen features of the pool and, where needed, of the labeled split.
+struct Features {
+    pool: Tensor,
+    labeled: Option<Tensor>,
+}
+
+/// Class probabilities of the pool `[N, C]`: the classifier's softmax, or normalised kNN votes.
+fn probabilities(
+    c: &LabelRequestConfig,
+    f: &Features,
+    head: Option<&(Tensor, Tensor)>,
+    labeled: &DecodedSplit,
+    device: Device,
+) -> Tensor {
+    tch::no_grad(|| match head {
+        Some((w, b)) => f.pool.linear(w, Some(b)).softmax(1, Kind::Float),
         None => {
             let votes = crate::knn::votes(
-                fl.as_ref().expect("computed without a classifier"),
-                &features::labels(&labeled, device),
-                &fu,
-                classes.len(),
-                a.k,
-                a.t,
+                f.labeled.as_ref().expect("computed without a classifier"),
+                &features::labels(labeled, device),
+                &f.pool,
+                labeled.classes.len(),
+                c.k,
+                c.t,
             );
             &votes / votes.sum_dim_intlist(&[1i64][..], true, Kind::Float)
         }
-    });
-    let (conf, pred) = probs.max_dim(1, false);
-    let pred = Vec::<i64>::try_from(pred.to_device(Device::Cpu))?;
-    let conf = Vec::<f64>::try_from(conf.to_kind(Kind::Double).to_device(Device::Cpu))?;
-    let host = |t: Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu));
-    let ranked_by = |score: Vec<f64>| -> Vec<(usize, f64)> {
-        let mut order: Vec<usize> = (0..score.len()).collect();
-        order.sort_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
-        order
-            .into_iter()
-            .take(a.budget)
-            .map(|i| (i, score[i]))
-            .collect()
-    };
-    let picks: Vec<(usize, f64)> = match a.strategy {
-        Strategy::Entropy => ranked_by(host(entropy(&probs))?),
+    })
+}
+
+fn host(t: Tensor) -> Result<Vec<f64>> {
+    Ok(Vec::<f64>::try_from(
+        t.to_kind(Kind::Double).to_device(Device::Cpu),
+    )?)
+}
+
+/// The first `budget` of the pool by descending score (ties: lower index first).
+fn ranked_by(score: Vec<f64>, budget: usize) -> Vec<(usize, f64)> {
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
+    order
+        .into_iter()
+        .take(budget)
+        .map(|i| (i, score[i]))
+        .collect()
+}
+
+/// The request: (pool index, score) in the order to label.
+fn pick(
+    c: &LabelRequestConfig,
+    probs: &Tensor,
+    pred: &[i64],
+    f: &Features,
+    (backbone, pool): (&Backbone, &DecodedSplit),
+    device: Device,
+) -> Result<Vec<(usize, f64)>> {
+    let classes = probs.size()[1];
+    Ok(match c.strategy {
+        Strategy::Entropy => ranked_by(host(entropy(probs))?, c.budget),
         Strategy::Margin => {
-            let top2 = probs.topk(2.min(classes.len() as i64), 1, true, true).0;
-            let gap = if classes.len() > 1 {
+            let top2 = probs.topk(2.min(classes), 1, true, true).0;
+            let gap = if classes > 1 {
                 top2.select(1, 0) - top2.select(1, 1)
             } else {
                 top2.select(1, 0)
             };
             // Higher score = requested first: the negated margin.
-            ranked_by(host(-gap)?)
+            ranked_by(host(-gap)?, c.budget)
         }
-        Strategy::Contrastive => ranked_by(host(contrastive_loss(
-            &backbone, &pool, &fu, a, &pre, device, progress,
-        ))?),
-        Strategy::Kcenter => k_center(&fu, fl.as_ref().expect("computed for k-center"), a.budget),
+        Strategy::Contrastive => ranked_by(
+            host(contrastive_loss(backbone, pool, &f.pool, c, device))?,
+            c.budget,
+        ),
+        Strategy::Kcenter => k_center(
+            &f.pool,
+            f.labeled.as_ref().expect("computed for k-center"),
+            c.budget,
+        ),
         Strategy::Balanced => {
-            let h = host(entropy(&probs))?;
-            balanced(&pred, &h, classes.len(), a.budget)
+            let h = host(entropy(probs))?;
+            balanced(pred, &h, classes as usize, c.budget)
                 .into_iter()
                 .map(|i| (i, h[i]))
                 .collect()
         }
-    };
+    })
+}
 
+/// The ranked CSV; returns the request's count per predicted class.
+fn write_request(
+    c: &LabelRequestConfig,
+    picks: &[(usize, f64)],
+    (pred, conf): (&[i64], &[f64]),
+    pool: &DecodedSplit,
+    classes: &[String],
+) -> Result<Vec<usize>> {
     let mut csv = format!("{HEADER}\n");
     let mut counts = vec![0usize; classes.len()];
     for (rank, &(i, score)) in picks.iter().enumerate() {
@@ -354,26 +360,17 @@ pub fn run(a: &LabelRequestArgs) -> Result<Value> {
             conf[i]
         ));
     }
-    models::weights::write_atomic(&a.out, csv.as_bytes())?;
+    models::weights::write_atomic(&c.out, csv.as_bytes())?;
+    Ok(counts)
+}
 
-    let mean = picks.len() as f64 / classes.len() as f64;
+/// The request's predicted class balance on stderr (the largest 20 classes).
+fn print_balance(counts: &[usize], classes: &[String], picked: usize, from: &str) {
+    let mean = picked as f64 / classes.len() as f64;
     let max = counts.iter().copied().max().unwrap_or(0);
     let min = counts.iter().copied().min().unwrap_or(0);
     eprintln!(
-        "label-request: {} of {} `{}` images by {} → {}",
-        picks.len(),
-        pool.n,
-        a.split.name(),
-        a.strategy.name(),
-        a.out.display()
-    );
-    eprintln!(
-        "predicted class balance (from {}): min {min}, max {max}, ideal {mean:.1} per class",
-        if head.is_some() {
-            "the classifier"
-        } else {
-            "kNN on the labeled split"
-        }
+        "predicted class balance (from {from}): min {min}, max {max}, ideal {mean:.1} per class"
     );
     let mut order: Vec<usize> = (0..classes.len()).collect();
     order.sort_by_key(|&c| std::cmp::Reverse(counts[c]));
@@ -383,16 +380,60 @@ pub fn run(a: &LabelRequestArgs) -> Result<Value> {
     if order.len() > 20 {
         eprintln!("  … {} more classes", order.len() - 20);
     }
+}
+
+pub fn run(c: &LabelRequestConfig) -> Result<Value> {
+    let device = c.compute.setup()?;
+    c.check()?;
+    let backbone = Backbone::load(&c.encoder, device)?;
+    let (pool, labeled) = open_splits(c)?;
+    let classes = labeled.classes.clone();
+    let dim = backbone.net.desc.feature_dim;
+    let head = match &c.classifier {
+        Some(p) => Some(load_classifier(p, dim, &classes, device)?),
+        None => None,
+    };
+    let (pre, bs) = (Preprocess::default(), c.batch_size);
+    let extract = |s: &DecodedSplit, what: &str| {
+        features::extract(&backbone.net, s, &pre, device, bs, c.progress, what)
+    };
+    // The labeled split's features serve the kNN probabilities and k-center's starting
+    // centers; with a classifier and another strategy they are not computed.
+    let f = Features {
+        pool: extract(&pool, "features"),
+        labeled: (head.is_none() || c.strategy == Strategy::Kcenter)
+            .then(|| extract(&labeled, "labeled features")),
+    };
+    let probs = probabilities(c, &f, head.as_ref(), &labeled, device);
+    let (conf, pred) = probs.max_dim(1, false);
+    let pred = Vec::<i64>::try_from(pred.to_device(Device::Cpu))?;
+    let conf = host(conf)?;
+    let picks = pick(c, &probs, &pred, &f, (&backbone, &pool), device)?;
+    let counts = write_request(c, &picks, (&pred, &conf), &pool, &classes)?;
+    eprintln!(
+        "label-request: {} of {} `{}` images by {} → {}",
+        picks.len(),
+        pool.n,
+        c.pool.name(),
+        c.strategy.name(),
+        c.out.display()
+    );
+    let from = if head.is_some() {
+        "the classifier"
+    } else {
+        "kNN on the labeled split"
+    };
+    print_balance(&counts, &classes, picks.len(), from);
     Ok(json!({
-        "strategy": a.strategy.name(),
+        "strategy": c.strategy.name(),
         "budget": picks.len(),
         "pool": pool.n,
-        "out": a.out.display().to_string(),
+        "out": c.out.display().to_string(),
         "probabilities": if head.is_some() { "classifier" } else { "knn" },
         "class_counts": classes.iter().zip(&counts).map(|(c, n)| (c.clone(), json!(n)))
             .collect::<serde_json::Map<String, Value>>(),
-        "min_per_class": min,
-        "max_per_class": max,
+        "min_per_class": counts.iter().copied().min().unwrap_or(0),
+        "max_per_class": counts.iter().copied().max().unwrap_or(0),
     }))
 }
 

@@ -1,4 +1,4 @@
-//! `moco-train`: MoCo v2 pretraining, linear evaluation and export on libtorch (tch).
+//! `moco-train`: self-supervised pretraining, linear evaluation and export on libtorch (tch).
 //! Subcommands arrive with their issues; see docs/ARCHITECTURE.md for the map.
 
 use std::process::ExitCode;
@@ -8,15 +8,19 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use datasets::synth::SynthConfig;
 use exporter::cli::ExportArgs;
+use trainer::cli::knn::KnnArgs;
+use trainer::cli::label_request::LabelRequestArgs;
+use trainer::cli::linear::LinearArgs;
+use trainer::cli::pretrain::PretrainArgs;
 use trainer::{
-    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, pretrain, preview,
+    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, preview, train,
 };
 
 #[derive(Parser, Debug)]
 #[command(
     name = "moco-train",
     version,
-    about = "MoCo v2 self-supervised pretraining on libtorch"
+    about = "Self-supervised pretraining (MoCo v1/v2/v3, SimCLR, BYOL) on libtorch"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -85,17 +89,45 @@ struct PlotArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct MethodsArgs {
+    /// The backbone the recipes are for (the heads' widths follow its features).
+    #[arg(long, default_value = "resnet18")]
+    arch: models::Arch,
+    #[arg(long)]
+    json: bool,
+}
+
+impl MethodsArgs {
+    fn run(&self) -> anyhow::Result<serde_json::Value> {
+        let all = trainer::methods::describe(self.arch);
+        if !self.json {
+            for m in all["methods"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "{:8} {}",
+                    m["name"].as_str().unwrap_or_default(),
+                    m["about"].as_str().unwrap_or_default()
+                );
+                eprintln!("         {}", m["recipe"]);
+            }
+        }
+        Ok(all)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// MoCo v2 self-supervised pretraining.
-    Pretrain(pretrain::PretrainArgs),
+    /// Self-supervised pretraining: MoCo v2 (default), MoCo v1/v3, SimCLR or BYOL.
+    Pretrain(PretrainArgs),
+    /// The pretraining methods and the recipe each fills the unset flags with.
+    Methods(MethodsArgs),
     /// Linear evaluation of a frozen backbone (or fine-tuning with --finetune).
-    Linear(linear::LinearArgs),
+    Linear(LinearArgs),
     /// Weighted kNN accuracy of a frozen backbone (k=200, T=0.1 by default).
-    Knn(knn::KnnArgs),
+    Knn(KnnArgs),
     /// Choose unlabeled images to send for labeling (uncertainty, contrastive loss, diversity,
     /// class balance): a ranked CSV and the predicted class balance.
-    LabelRequest(label_request::LabelRequestArgs),
+    LabelRequest(LabelRequestArgs),
     /// A new dataset root: the old one plus the returned labels of a request.
     MergeLabels(merge_labels::MergeLabelsArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
@@ -127,11 +159,7 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand())
-    {
-        trainer::preset::resolve(a, m);
-    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = isa::IsaPath::from_env().and_then(|_| dispatch(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,13 +172,14 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Pretrain(a) if a.nproc > 1 => pretrain::launch_local(&a),
-        Command::Pretrain(a) => report(pretrain::run(&a), a.json),
-        Command::Linear(a) => report(linear::run(&a), a.json),
+        Command::Pretrain(a) if a.nproc > 1 => train::launch::launch_local(a.nproc),
+        Command::Pretrain(a) => report(a.to_config().and_then(|c| train::run(&c)), a.json),
+        Command::Methods(a) => report(a.run(), a.json),
+        Command::Linear(a) => report(a.to_config().and_then(|c| linear::run(&c)), a.json),
         Command::BenchData(a) => report(bench::run(&a), a.json),
         Command::FeatureMaps(a) => report(feature_maps::run(&a), a.json),
-        Command::Knn(a) => report(knn::run(&a), a.json),
-        Command::LabelRequest(a) => report(label_request::run(&a), a.json),
+        Command::Knn(a) => report(a.to_config().and_then(|c| knn::run(&c)), a.json),
+        Command::LabelRequest(a) => report(label_request::run(&a.to_config()), a.json),
         Command::MergeLabels(a) => report(merge_labels::run(&a), a.json),
         Command::PreviewAugment(a) => report(preview::run(&a), a.json),
         Command::Plot(a) => report(plot_runs(&a), a.json),

@@ -37,7 +37,7 @@ pub struct PreviewArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub aug: crate::aug_args::AugArgs,
+    pub aug: crate::cli::aug_args::AugArgs,
 }
 
 /// A `[3,H,W]` float image in [0,1] → 8-bit RGB.

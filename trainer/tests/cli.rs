@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cache_dir, data, fails_with, pretrain_args, run, stderr, BIN};
+use common::{
+    cache_dir, data, fails_with, method_args, pretrain_args, run, stderr, BIN, OTHER_METHODS,
+};
 
 /// A positive integer from the environment (the long kill script raises these).
 fn env_or(name: &str, default: u64) -> u64 {
@@ -34,17 +36,40 @@ enum Kill {
     InCheckpoint(&'static str),
 }
 
-/// Issue 8's kill test: SIGKILL at random moments and inside checkpoint writes (torn temp file,
+/// The kill test: SIGKILL at random moments and inside checkpoint writes (torn temp file,
 /// synced but not renamed, renamed but older files not pruned), `--resume` after each, and the
 /// final encoder must equal an uninterrupted run's bit for bit. `scripts/kill_test.sh` runs it
 /// with more kill points (MOCO_KILL_POINTS, MOCO_KILL_STEPS, MOCO_KILL_SEED).
 #[test]
 fn killed_anywhere_and_resumed_ends_bit_identical() {
+    let steps = env_or("MOCO_KILL_STEPS", 24);
+    let random_kills = env_or("MOCO_KILL_POINTS", 5) as usize;
+    let another = ["--temperature", "0.1"];
+    kill_and_resume(steps, random_kills, another, &|out, extra| {
+        pretrain_args(out, extra)
+    });
+}
+
+/// The same kill test for every other method: one random kill and the three inside checkpoint
+/// writes, over 8 steps, each resumed run ending bit-identical to an uninterrupted one.
+#[test]
+fn every_method_resumes_bit_identical_after_kills() {
+    for &method in OTHER_METHODS {
+        eprintln!("kill test: --method {method}");
+        kill_and_resume(8, 1, ["--lr", "0.5"], &|out, extra| {
+            method_args(out, method, extra)
+        });
+    }
+}
+
+/// Pretraining command lines for a run directory and extra flags.
+type ArgsFor<'a> = &'a dyn Fn(&Path, &[&str]) -> Vec<String>;
+
+/// `another`: a flag and value that change the run's configuration (its resume is refused).
+fn kill_and_resume(steps: u64, random_kills: usize, another: [&str; 2], pretrain_args: ArgsFor) {
     use rand::{Rng, SeedableRng};
     use std::os::unix::process::ExitStatusExt;
 
-    let steps = env_or("MOCO_KILL_STEPS", 24);
-    let random_kills = env_or("MOCO_KILL_POINTS", 5) as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env_or("MOCO_KILL_SEED", 11));
     let steps_flag = steps.to_string();
     let tmp = tempfile::tempdir().unwrap();
@@ -128,7 +153,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
             kills.last().unwrap()
         );
     }
-    assert!(kills.len() >= 5, "{kills:?}");
+    assert!(kills.len() >= (random_kills + 3).min(5), "{kills:?}");
     let out = run(&args_b);
     assert!(out.status.success(), "{}", stderr(&out));
     let ea = std::fs::read(a.join("encoder.safetensors")).unwrap();
@@ -149,7 +174,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
     // A resume with another configuration is refused.
     let out = run(&pretrain_args(
         &b,
-        &["--steps", &steps_flag, "--resume", "--temperature", "0.1"],
+        &["--steps", &steps_flag, "--resume", another[0], another[1]],
     ));
     assert!(!out.status.success());
     assert!(
@@ -445,7 +470,7 @@ fn augmentation_switches_and_head_bn_are_recorded() {
         (Some(0.0), Some(0.0))
     );
     assert_eq!(aug["grayscale_p"].as_f64(), Some(0.2));
-    assert_eq!(alg["head_bn"], true);
+    assert_eq!(alg["method"]["projector"]["hidden_norm"], true);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert!(
@@ -472,11 +497,17 @@ fn the_small_data_preset_fills_only_the_unset_flags() {
     assert_eq!(config["run"]["preset"], "small-data");
     assert_eq!(alg["augmentation"]["size"], 64);
     assert_eq!(
-        (alg["lr"].as_f64(), alg["head_bn"].as_bool()),
+        (
+            alg["optimizer"]["lr"].as_f64(),
+            alg["method"]["projector"]["hidden_norm"].as_bool()
+        ),
         (Some(0.24), Some(true))
     );
     assert_eq!(
-        (alg["queue_size"].as_i64(), alg["bn_splits"].as_i64()),
+        (
+            alg["method"]["queue_size"].as_i64(),
+            alg["bn_splits"].as_i64()
+        ),
         (Some(16), Some(2))
     );
 }

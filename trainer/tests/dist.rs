@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cache_dir, fails_with, pretrain_args, run, stderr, BIN};
+use common::{cache_dir, fails_with, method_args, pretrain_args, run, stderr, BIN, OTHER_METHODS};
 
 /// A loopback port nobody listens on (for a moment).
 fn free_port() -> u16 {
@@ -81,41 +81,66 @@ fn load_encoder(run: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
+/// One step of 2 ranks × B/2 against 1 process × B with the same `--bn-splits`: the same loss
+/// and the same encoder, parameters and BN statistics, up to float32 rounding.
+fn one_step_on_two_ranks_equals_one_process(
+    tmp: &Path,
+    tag: &str,
+    extra: &[&str],
+    args_for: &dyn Fn(&Path, &[&str]) -> Vec<String>,
+) {
+    let (one, two) = (tmp.join(format!("{tag}-1")), tmp.join(format!("{tag}-2")));
+    let a = args_for(&one, extra);
+    let mut b = args_for(&two, extra);
+    b.extend(["--nproc".into(), "2".into()]);
+    ok(&a);
+    ok(&b);
+    // One step: the same algorithm gives the same numbers up to float32 rounding. (A share
+    // of consecutive images instead of every other one — BN groups unlike one process's —
+    // moved the loss by 1e-3 while this was written.)
+    let (l1, l2) = (losses(&one), losses(&two));
+    assert!(
+        (l1[0] - l2[0]).abs() <= 1e-6 * l1[0].abs(),
+        "{tag}: loss {l1:?} vs {l2:?}"
+    );
+    let (p, s) = encoder_diff(&one, &two);
+    eprintln!(
+        "{tag}: 1 step, loss {} vs {}, params Δ {p:.2e}, BN stats Δ {s:.2e}",
+        l1[0], l2[0]
+    );
+    assert!(
+        p <= 1e-6 && s <= 1e-6,
+        "{tag}: params Δ {p}, BN stats Δ {s}"
+    );
+}
+
+/// Every other method on the same data path (MoCo v3's gathered keys and labels, SimCLR's global
+/// loss with the other ranks' embeddings, …).
+#[test]
+fn every_method_on_two_ranks_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    for &method in OTHER_METHODS {
+        one_step_on_two_ranks_equals_one_process(
+            tmp.path(),
+            method,
+            &["--steps", "1", "--bn-splits", "2"],
+            &|out, extra| method_args(out, method, extra),
+        );
+    }
+}
+
 #[test]
 fn two_ranks_equal_one_process_with_the_same_bn_splits() {
     let tmp = tempfile::tempdir().unwrap();
     for (splits, symmetric) in [("2", false), ("4", false), ("2", true)] {
         let tag = format!("s{splits}{}", if symmetric { "-sym" } else { "" });
-        let (one, two) = (
-            tmp.path().join(format!("{tag}-1")),
-            tmp.path().join(format!("{tag}-2")),
-        );
         let mut extra = vec!["--steps", "1", "--bn-splits", splits];
         if symmetric {
             extra.push("--symmetric");
         }
-        let a = pretrain_args(&one, &extra);
-        let mut b = pretrain_args(&two, &extra);
-        b.extend(["--nproc".into(), "2".into()]);
-        ok(&a);
-        ok(&b);
-        // One step: the same algorithm gives the same numbers up to float32 rounding. (A share
-        // of consecutive images instead of every other one — BN groups unlike one process's —
-        // moved the loss by 1e-3 while this was written.)
-        let (l1, l2) = (losses(&one), losses(&two));
-        assert!(
-            (l1[0] - l2[0]).abs() <= 1e-6 * l1[0].abs(),
-            "{tag}: loss {l1:?} vs {l2:?}"
-        );
-        let (p, s) = encoder_diff(&one, &two);
-        eprintln!(
-            "{tag}: 1 step, loss {} vs {}, params Δ {p:.2e}, BN stats Δ {s:.2e}",
-            l1[0], l2[0]
-        );
-        assert!(
-            p <= 1e-6 && s <= 1e-6,
-            "{tag}: params Δ {p}, BN stats Δ {s}"
-        );
+        one_step_on_two_ranks_equals_one_process(tmp.path(), &tag, &extra, &|out, extra| {
+            pretrain_args(out, extra)
+        });
     }
 
     // Several steps in float64. In float32 the two runs part by rounding (the all-reduce sums in

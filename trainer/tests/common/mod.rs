@@ -102,3 +102,23 @@ pub fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
+
+/// The methods of `pretrain --method` besides the default.
+pub const OTHER_METHODS: &[&str] = &["mocov1", "mocov3", "simclr"];
+
+/// [`pretrain_args`] for `method`, with narrow heads (64 hidden, 32 out) so that the small runs
+/// stay fast; methods without a queue get no `--queue-size`.
+pub fn method_args(out: &Path, method: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = pretrain_args(out, extra);
+    if !matches!(method, "mocov1" | "mocov2") {
+        if let Some(i) = v.iter().position(|a| a == "--queue-size") {
+            v.drain(i..i + 2);
+        }
+    }
+    v.extend(
+        ["--method", method, "--mlp-hidden", "64", "--proj-dim", "32"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    v
+}

@@ -1,4 +1,4 @@
-//! The flags that shape aug+ (`pretrain`, `preview-augment`): the view size and the parts that
+//! The flags that shape the augmentations (`pretrain`, `preview-augment`): the view size and the parts that
 //! can be switched off, each alone, to measure what it contributes.
 
 use anyhow::{bail, Result};
@@ -30,7 +30,7 @@ pub struct AugArgs {
 }
 
 /// ResNet's stem and four stages downsample by 32: a smaller view has no spatial map left.
-const MIN_CROP: u32 = 32;
+pub const MIN_CROP: u32 = 32;
 
 impl AugArgs {
     /// aug+ for images of side `size`, with these flags applied.
@@ -39,12 +39,17 @@ impl AugArgs {
         if crop < MIN_CROP {
             bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
         }
-        Ok(AugConfig::mocov2(crop).without(Disabled {
+        Ok(self.apply(AugConfig::mocov2(crop)))
+    }
+
+    /// `base` with the parts these flags switch off removed.
+    pub fn apply(&self, base: AugConfig) -> AugConfig {
+        base.without(Disabled {
             crop: self.no_crop,
             color: self.no_color,
             grayscale: self.no_grayscale,
             blur: self.no_blur,
             flip: self.no_flip,
-        }))
+        })
     }
 }

@@ -1,6 +1,7 @@
-//! Checkpoints: everything an exact resume needs in one safetensors file — both encoders with
-//! their BN buffers, SGD momentum buffers, the queue and its pointer, the step, the loss scale
-//! and the run's config — with a SHA-256 of the contents in the metadata. Written atomically
+//! Checkpoints: everything an exact resume needs in one safetensors file — the method's networks
+//! with their BN buffers and its other state (a queue and its pointer), the optimizer's momentum
+//! buffers, the step, the loss scale and the run's algorithm record — with a SHA-256 of the
+//! contents in the metadata. Written atomically
 //! (temp file, fsync, rename); a torn or corrupt file is detected on load and the previous good
 //! one is used instead. Random draws are keyed by (seed, step) (`crate::rng`), so no RNG state
 //! needs saving.
@@ -14,8 +15,9 @@ use models_tch::convert::{data_to_tensor, tensor_to_data};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::model::Moco;
-use super::optim::{LossScaler, Sgd};
+use crate::config::Algorithm;
+use crate::methods::Method;
+use crate::optim::{LossScaler, Optimizer};
 
 const STATE_KEY: &str = "moco.state";
 const SHA_KEY: &str = "moco.sha256";
@@ -26,9 +28,12 @@ const KEEP: usize = 2;
 pub struct State {
     /// Steps completed.
     pub step: u64,
-    pub ptr: i64,
+    /// The queue pointer of checkpoints written before it was a tensor (`queue_ptr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptr: Option<i64>,
     pub scaler: Option<LossScaler>,
-    /// The algorithm part of config.json: a resume with different values is refused.
+    /// The algorithm part of config.json (`config::Algorithm`): a resume with different values
+    /// is refused. Kept as stored, so that records of older versions can be read and translated.
     pub config: serde_json::Value,
     /// Ranks that wrote it: a resume must use as many (the data shards depend on it).
     #[serde(default = "one")]
@@ -61,9 +66,9 @@ fn file_for(run: &Path, step: u64) -> PathBuf {
     dir(run).join(format!("step-{step:09}.safetensors"))
 }
 
-pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf> {
+pub fn save(run: &Path, method: &dyn Method, opt: &Optimizer, state: &State) -> Result<PathBuf> {
     let mut map = TensorMap::new();
-    for (name, t) in moco.variables() {
+    for (name, t) in method.networks().into_iter().chain(method.extra_state()) {
         map.insert(name, tensor_to_data(&t));
     }
     for ((name, _), buf) in opt.params.iter().zip(&opt.buffers) {
@@ -71,7 +76,6 @@ pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf
             map.insert(format!("opt/{name}"), tensor_to_data(b));
         }
     }
-    map.insert("queue", tensor_to_data(&moco.queue));
     map.metadata
         .insert(STATE_KEY.into(), serde_json::to_string(state)?);
     let sha = digest(&map);
@@ -80,7 +84,7 @@ pub fn save(run: &Path, moco: &Moco, opt: &Sgd, state: &State) -> Result<PathBuf
     fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
     let path = file_for(run, state.step);
     map.save_with(&path, |stage| {
-        crate::crash_points::at_checkpoint_stage(stage, state.step)
+        crate::faults::at_checkpoint_stage(stage, state.step)
     })?;
     prune(run)?;
     Ok(path)
@@ -143,42 +147,40 @@ pub fn latest_good(run: &Path) -> Option<(PathBuf, TensorMap, State)> {
     None
 }
 
-/// Restores `moco` and `opt` from a verified checkpoint.
+impl State {
+    /// The stored algorithm record, typed.
+    pub fn algorithm(&self) -> Result<Algorithm> {
+        Algorithm::from_stored(&self.config)
+    }
+}
+
+/// Restores `method` and `opt` from a verified checkpoint.
 pub fn restore(
     path: &Path,
     map: &TensorMap,
     state: &State,
-    moco: &mut Moco,
-    opt: &mut Sgd,
+    method: &mut dyn Method,
+    opt: &mut Optimizer,
 ) -> Result<()> {
-    for (name, var) in moco.variables() {
-        let d = map
-            .get(&name)
-            .with_context(|| format!("{}: missing `{name}`", path.display()))?;
-        let src = data_to_tensor(d);
+    for (name, var) in method.networks().into_iter().chain(method.extra_state()) {
+        let src = match (map.get(&name), name.as_str(), state.ptr) {
+            (Some(d), _, _) => data_to_tensor(d),
+            (None, "queue_ptr", Some(ptr)) => tch::Tensor::from(ptr),
+            (None, _, _) => bail!("{}: missing `{name}`", path.display()),
+        };
         if src.size() != var.size() {
-            bail!("{}: `{name}` has the wrong shape", path.display());
+            bail!(
+                "{}: `{name}` of shape {:?}, the run has {:?}",
+                path.display(),
+                src.size(),
+                var.size()
+            );
         }
         tch::no_grad(|| {
             var.shallow_clone()
                 .copy_(&src.to_device(var.device()).to_kind(var.kind()))
         });
     }
-    let device = moco.queue.device();
-    let queue = map
-        .get("queue")
-        .with_context(|| format!("{}: missing the queue", path.display()))?;
-    let queue = data_to_tensor(queue).to(device);
-    if queue.size() != moco.queue.size() {
-        bail!(
-            "{}: queue of shape {:?}, the run has {:?}",
-            path.display(),
-            queue.size(),
-            moco.queue.size()
-        );
-    }
-    tch::no_grad(|| moco.queue.copy_(&queue));
-    moco.ptr = state.ptr;
     for ((name, p), buf) in opt.params.iter().zip(opt.buffers.iter_mut()) {
         *buf = map
             .get(&format!("opt/{name}"))

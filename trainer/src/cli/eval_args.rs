@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use datasets::layout::{Format, Split};
+use datasets::layout::Format;
 use tch::Device;
 
-use crate::data::{self, DecodedSplit};
+use crate::config::{Compute, DataSource};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -34,24 +34,22 @@ pub struct EvalArgs {
 impl EvalArgs {
     /// Sets the thread count and resolves `--device`.
     pub fn setup(&self) -> Result<Device> {
-        crate::threads::set(self.threads);
-        models_tch::parse_device(&self.device).map_err(anyhow::Error::msg)
+        self.compute().setup()
     }
 
-    /// One split, decoded into (or read from) the store.
-    pub fn open(&self, split: Split, progress: bool) -> Result<DecodedSplit> {
-        let cache = self
-            .cache_dir
-            .clone()
-            .unwrap_or_else(data::default_cache_dir);
-        Ok(data::open_splits(
-            &self.data,
-            &[split],
-            self.format,
-            self.size,
-            &cache,
-            progress,
-        )?
-        .remove(0))
+    pub fn source(&self) -> DataSource {
+        DataSource {
+            root: self.data.clone(),
+            format: self.format,
+            size: self.size,
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+
+    pub fn compute(&self) -> Compute {
+        Compute {
+            threads: self.threads,
+            device: self.device.clone(),
+        }
     }
 }

@@ -1,0 +1,222 @@
+//! The Rust side of the methods' step parity: the trainer's own step (`train::step::train_step`)
+//! run on fixed inputs — real aug+ views of generated images, an lr per step — with every
+//! quantity a reference records (loss, gradients, the target network and queue after the step),
+//! the inputs written for the Python reference, and the comparison.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use models::{Arch, TensorData, TensorMap};
+use models_tch::convert::tensor_to_data;
+use tch::{Device, Kind, Tensor};
+use trainer::augment::{AugConfig, Augmenter};
+use trainer::config::{MethodConfig, OptimConfig};
+use trainer::methods::{self, Build, Method, StepCtx};
+use trainer::optim::{Optimizer, Schedule};
+use trainer::rng::{stream, Purpose};
+use trainer::train::step::{train_step, StepState};
+
+use crate::compare::{check, check_abs, Check};
+
+/// The seed of the views' and the shuffle-BN draws (the trainer's (seed, step) streams).
+pub const DRAW_SEED: u64 = 3;
+/// `tch::manual_seed` before the method's networks are built.
+pub const INIT_SEED: i64 = 7;
+
+/// One run's fixed inputs.
+pub struct Inputs {
+    pub im1: Vec<Tensor>,
+    pub im2: Vec<Tensor>,
+    pub lrs: Vec<f64>,
+    pub batch: usize,
+}
+
+/// Real aug+ views (`size` pixels) of generated 96×96 texture images, and a warmup + cosine lr.
+pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
+    let aug = Augmenter::new(AugConfig::mocov2(size), &Default::default(), Device::Cpu);
+    let schedule = Schedule {
+        base_lr,
+        batch_size: 256,
+        total_steps: steps as u64,
+        warmup_steps: 2,
+        cosine: true,
+    };
+    let mut out = Inputs {
+        im1: vec![],
+        im2: vec![],
+        lrs: vec![],
+        batch,
+    };
+    for s in 0..steps {
+        let mut raw = Vec::new();
+        for i in 0..batch {
+            raw.extend_from_slice(datasets::synth::render(i % 10, (s * batch + i) as u64).as_raw());
+        }
+        let images = Tensor::from_slice(&raw)
+            .view([batch as i64, 96, 96, 3])
+            .permute([0, 3, 1, 2]);
+        let mut rng = stream(DRAW_SEED, Purpose::Augment, s as u64);
+        let p1 = aug.draw(&mut rng, batch, 96, 96);
+        let p2 = aug.draw(&mut rng, batch, 96, 96);
+        out.im1.push(aug.views(&images, &p1));
+        out.im2.push(aug.views(&images, &p2));
+        out.lrs.push(schedule.lr(s as u64));
+    }
+    out
+}
+
+/// The method as the trainer builds it (resnet18 on the CPU, its networks drawn after
+/// `tch::manual_seed(INIT_SEED)`), in `kind`.
+pub fn build(cfg: &MethodConfig, bn_splits: i64, batch: usize, kind: Kind) -> Box<dyn Method> {
+    tch::manual_seed(INIT_SEED);
+    let b = Build {
+        arch: Arch::Resnet18,
+        device: Device::Cpu,
+        bn_splits,
+        batch,
+    };
+    let method = (methods::find(&cfg.name).unwrap().build)(cfg, &b).unwrap();
+    trainer::train::set_kind(method.as_ref(), kind);
+    method
+}
+
+/// The trainer's steps, recorded as the references record them: `loss_<t>`, `grad_<t>/<name>`
+/// (online parameters), `k_<t>/<name>` (the target network after the step), `queue_<t>` and
+/// `ptr_<t>` where there is a queue.
+pub fn run_rust(
+    method: &mut dyn Method,
+    optim: &OptimConfig,
+    inp: &Inputs,
+    kind: Kind,
+) -> BTreeMap<String, Tensor> {
+    let mut opt = Optimizer::new(
+        optim.kind,
+        method.parameters(),
+        optim.momentum,
+        optim.weight_decay,
+    );
+    let mut scaler = None;
+    let mut rec = BTreeMap::new();
+    let steps = inp.im1.len();
+    for s in 0..steps {
+        let ctx = StepCtx {
+            step: s as u64,
+            total_steps: steps as u64,
+            seed: DRAW_SEED,
+        };
+        let st = StepState {
+            opt: &mut opt,
+            scaler: &mut scaler,
+            dist: None,
+            autocast: false,
+            kind,
+        };
+        let views = (&inp.im1[s].to_kind(kind), &inp.im2[s].to_kind(kind));
+        let out = train_step(method, st, views, &ctx, inp.lrs[s], false).unwrap();
+        rec.insert(format!("loss_{s}"), out.loss.reshape([1]));
+        for (name, p) in &opt.params {
+            rec.insert(format!("grad_{s}/{name}"), p.grad().copy());
+        }
+        for (name, t) in method.networks() {
+            if let Some(k) = name.strip_prefix("k/") {
+                rec.insert(format!("k_{s}/{k}"), t.copy());
+            }
+        }
+        for (name, t) in method.extra_state() {
+            match name.as_str() {
+                "queue_ptr" => rec.insert(format!("ptr_{s}"), t.copy().reshape([1])),
+                _ => rec.insert(format!("{name}_{s}"), t.copy()),
+            };
+        }
+    }
+    rec
+}
+
+/// The reference's inputs: the online network's initial variables (`q/<name>`), the method's
+/// other state (a queue), the views, the lrs and `meta`; add what else the reference needs, then
+/// save.
+pub fn inputs_map(method: &dyn Method, inp: &Inputs, meta: &[(&str, String)]) -> TensorMap {
+    let mut map = TensorMap::new();
+    for (name, t) in method.networks() {
+        if name.starts_with("q/") {
+            map.insert(name, tensor_to_data(&t));
+        }
+    }
+    for (name, t) in method.extra_state() {
+        if t.is_floating_point() {
+            map.insert(name, tensor_to_data(&t));
+        }
+    }
+    for s in 0..inp.im1.len() {
+        map.insert(format!("im1_{s}"), tensor_to_data(&inp.im1[s]));
+        map.insert(format!("im2_{s}"), tensor_to_data(&inp.im2[s]));
+        map.metadata
+            .insert(format!("lr_{s}"), format!("{:e}", inp.lrs[s]));
+    }
+    map.metadata
+        .insert("steps".into(), inp.im1.len().to_string());
+    for (k, v) in meta {
+        map.metadata.insert(k.to_string(), v.clone());
+    }
+    map
+}
+
+/// An int64 tensor for the inputs file (shuffle permutations).
+pub fn ints(v: &[i64]) -> TensorData {
+    TensorData::from_i64(vec![v.len()], v)
+}
+
+/// Per-quantity tolerances: (loss, gradients, state), as a fraction of max(1, max|reference|)
+/// (absolute for the loss).
+pub type Tolerances = (f64, f64, f64);
+
+/// Every reference quantity of the first `steps` steps against ours.
+pub fn compare(
+    ours: &BTreeMap<String, Tensor>,
+    reference: &BTreeMap<String, Tensor>,
+    steps: usize,
+    (t_loss, t_grad, t_state): Tolerances,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (name, want) in reference {
+        let step: usize = name
+            .split(['_', '/'])
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("reference names are <what>_<step>[/<tensor>]");
+        if step >= steps {
+            continue;
+        }
+        let Some(got) = ours.get(name) else {
+            checks.push(check(
+                &format!("{name} (missing)"),
+                &want.ones_like(),
+                &want.zeros_like(),
+                0.0,
+            ));
+            continue;
+        };
+        checks.push(if name.starts_with("loss_") {
+            check_abs(name, got, want, t_loss)
+        } else if name.starts_with("ptr_") || name.contains("num_batches_tracked") {
+            check_abs(name, got, want, 0.0)
+        } else if name.starts_with("grad_") {
+            check(name, got, want, t_grad)
+        } else {
+            check(name, got, want, t_state)
+        });
+    }
+    checks
+}
+
+/// The reference's output file as named tensors.
+pub fn read_reference(path: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// libtorch's RNG is global: the parity tests draw initial weights from it, so they take turns
+/// instead of interleaving their draws on parallel test threads.
+pub static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -1,0 +1,127 @@
+//! `moco-train linear`'s flags → [`LinearConfig`].
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use datasets::layout::Split;
+use models::Arch;
+
+use super::eval_args::EvalArgs;
+use crate::encoder::EncoderSource;
+use crate::linear::{LinearConfig, ProbeMode, RAW_LR, STANDARDIZED_LR};
+use crate::optim::EpochDecay;
+
+#[derive(Args, Debug, Clone)]
+pub struct LinearArgs {
+    #[command(flatten)]
+    pub io: EvalArgs,
+    /// Pretrained backbone (`RUN/encoder.safetensors`).
+    #[arg(long, required_unless_present = "random_init")]
+    pub encoder: Option<PathBuf>,
+    /// Use torchvision's random initialisation (the floor); needs --arch.
+    #[arg(long, requires = "arch")]
+    pub random_init: bool,
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    #[arg(long, default_value = "train")]
+    pub train_split: Split,
+    #[arg(long, default_value = "val")]
+    pub val_split: Split,
+    /// Output directory: classifier.safetensors (last), classifier_best.safetensors,
+    /// metrics.jsonl, config.json, val_predictions.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Base lr: 30 (MoCo's) on raw features, 0.1 with --standardize.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Epochs after which the lr is multiplied by 0.1 (comma-separated).
+    #[arg(long, default_value = "60,80", value_delimiter = ',')]
+    pub milestones: Vec<usize>,
+    /// Cosine decay over the epochs instead of milestones.
+    #[arg(long)]
+    pub cosine: bool,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Cache the frozen features once (eval transform, no augmentation) and train on them.
+    #[arg(long, conflicts_with = "finetune")]
+    pub fast: bool,
+    /// Train the whole network (backbone in train mode) with --backbone-lr.
+    #[arg(long)]
+    pub finetune: bool,
+    #[arg(long, default_value_t = 0.01)]
+    pub backbone_lr: f64,
+    /// Standardise each feature with the train split's mean and std (a BatchNorm without
+    /// affine before the classifier, folded into the saved fc).
+    #[arg(long, conflicts_with = "finetune")]
+    pub standardize: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--encoder PATH` or `--random-init --arch A` (with `--seed`).
+pub fn encoder_source(
+    encoder: Option<&PathBuf>,
+    random_init: bool,
+    arch: Option<Arch>,
+    seed: u64,
+) -> Result<EncoderSource> {
+    match (encoder, arch) {
+        (Some(p), _) if !random_init => Ok(EncoderSource::Pretrained(p.clone())),
+        (_, Some(arch)) => Ok(EncoderSource::RandomInit { arch, seed }),
+        _ => bail!("--random-init needs --arch"),
+    }
+}
+
+impl LinearArgs {
+    pub fn to_config(&self) -> Result<LinearConfig> {
+        let lr = self.lr.unwrap_or(if self.standardize {
+            STANDARDIZED_LR
+        } else {
+            RAW_LR
+        });
+        Ok(LinearConfig {
+            data: self.io.source(),
+            compute: self.io.compute(),
+            encoder: encoder_source(
+                self.encoder.as_ref(),
+                self.random_init,
+                self.arch,
+                self.seed,
+            )?,
+            train_split: self.train_split,
+            val_split: self.val_split,
+            out: self.out.clone(),
+            epochs: self.epochs,
+            lr,
+            decay: if self.cosine {
+                EpochDecay::Cosine
+            } else {
+                EpochDecay::Milestones(self.milestones.clone())
+            },
+            batch_size: self.batch_size,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            mode: match (self.fast, self.finetune) {
+                (_, true) => ProbeMode::Finetune {
+                    backbone_lr: self.backbone_lr,
+                },
+                (true, _) => ProbeMode::Fast,
+                _ => ProbeMode::Augmented,
+            },
+            standardize: self.standardize,
+            seed: self.seed,
+            progress: !self.quiet && !self.json,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! The command line's structs (clap) and their translation into the library's typed
+//! configurations: the only place that knows flags.
+
+pub mod aug_args;
+pub mod eval_args;
+pub mod knn;
+pub mod label_request;
+pub mod linear;
+pub mod pretrain;

@@ -1,0 +1,343 @@
+//! `moco-train pretrain`'s flags, and how they become a [`PretrainConfig`]: the values given on
+//! the command line, then a preset's, then the method's published recipe.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use datasets::layout::Split;
+use models::Arch;
+
+use super::aug_args::{AugArgs, MIN_CROP};
+use super::eval_args::EvalArgs;
+use crate::config::{
+    Amp, KnnMonitorConfig, Length, OptimConfig, PretrainConfig, Recipe, RunSettings,
+};
+use crate::dist::DistBackend;
+use crate::methods;
+use crate::optim::OptimizerKind;
+use crate::preset::Preset;
+
+#[derive(Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// Dataset, decoding, threads and device (the flags of knn, linear and label-request too;
+    /// under torchrun, `--device cuda` means cuda:LOCAL_RANK).
+    #[command(flatten)]
+    pub io: EvalArgs,
+    /// The view size and the parts of the augmentations that are switched off.
+    #[command(flatten)]
+    pub aug: AugArgs,
+    /// The self-supervised method. Each fills the flags left unset with its published recipe
+    /// (`moco-train methods` lists them).
+    #[arg(long, default_value = "mocov2", value_parser = clap::builder::PossibleValuesParser::new(methods::names()))]
+    pub method: String,
+    /// A named recipe: fills the flags this command line leaves unset, before the method does.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Splits whose images are pretrained on (labels ignored), comma-separated.
+    #[arg(long, default_value = "unlabeled,train")]
+    pub splits: String,
+    /// Run directory: encoder.safetensors, metrics.jsonl, config.json, checkpoints/.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "resnet18")]
+    pub arch: Arch,
+    /// Epochs (passes over the pretraining images); `--steps` overrides.
+    #[arg(long, default_value_t = 200)]
+    pub epochs: u64,
+    /// Total optimizer steps (overrides `--epochs`).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// sgd or lars (default: the method's).
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Base learning rate for a batch of 256; the run uses lr × batch/256 (default: the
+    /// method's; mocov2 0.06).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (default: the method's; mocov2 5e-4).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// The optimizer's momentum (default 0.9).
+    #[arg(long)]
+    pub sgd_momentum: Option<f64>,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Keep the lr constant instead of the cosine decay.
+    #[arg(long)]
+    pub no_cosine: bool,
+    /// Queue size K (negatives) of the methods with a queue; a multiple of the keys per step
+    /// (default: the method's; mocov2 2048).
+    #[arg(long)]
+    pub queue_size: Option<i64>,
+    /// Momentum of the key (target) encoder, m or τ (default: the method's; mocov2 0.99).
+    #[arg(long)]
+    pub moco_momentum: Option<f64>,
+    /// Softmax temperature T (default: the method's; mocov2 0.2).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// BatchNorm statistics over this many groups of the batch (MoCo's shuffle BN; default: the
+    /// method's; mocov2 8, methods without shuffle BN 1 = the whole batch, as their SyncBN).
+    #[arg(long)]
+    pub bn_splits: Option<i64>,
+    /// Symmetric MoCo v1/v2 loss (both views as queries; twice the keys per step).
+    #[arg(long)]
+    pub symmetric: bool,
+    /// BatchNorm in MoCo v2's projection MLP (MoCo v3's projector: Linear-BN-ReLU-Linear-BN),
+    /// split for shuffle BN like the backbone's. It removes the embeddings' common offset,
+    /// through which a plain MLP can tell fresh keys from queued ones by the encoder's drift.
+    #[arg(long)]
+    pub head_bn: bool,
+    /// Embedding width, the projector's output (default: the method's; mocov2 128).
+    #[arg(long)]
+    pub proj_dim: Option<usize>,
+    /// Hidden width of the projector and predictor (default: the method's; mocov2 the backbone's
+    /// feature width).
+    #[arg(long)]
+    pub mlp_hidden: Option<usize>,
+    /// Mixed precision on CUDA.
+    #[arg(long, value_enum, default_value_t = Amp::Off)]
+    pub amp: Amp,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Continue from the latest good checkpoint in --out (starts fresh when there is none).
+    #[arg(long)]
+    pub resume: bool,
+    /// Labeled dataset for the kNN monitor (default: --data when it has labels).
+    #[arg(long)]
+    pub knn_data: Option<PathBuf>,
+    #[arg(long, default_value = "train")]
+    pub knn_bank_split: Split,
+    #[arg(long, default_value = "val")]
+    pub knn_query_split: Split,
+    /// kNN monitor every N epochs (0: only at the end; off with --no-knn).
+    #[arg(long, default_value_t = 10)]
+    pub knn_every: u64,
+    #[arg(long)]
+    pub no_knn: bool,
+    /// Log a metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep NCHW on CUDA (channels_last is the default there: faster convolutions on tensor cores).
+    #[arg(long)]
+    pub no_channels_last: bool,
+    /// channels_last on the CPU too (oneDNN's NHWC convolutions; NCHW is the CPU default).
+    #[arg(long, conflicts_with = "no_channels_last")]
+    pub channels_last: bool,
+    /// Start N local ranks (data-parallel over c10d/Gloo, as torchrun would); the global batch
+    /// is --batch-size, each rank takes 1/N of it. Under torchrun-style variables (RANK,
+    /// WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) this process is one of the ranks.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// Seconds a rank waits for the rendezvous or for a collective before giving up.
+    #[arg(long, default_value_t = 1800)]
+    pub dist_timeout: u64,
+    /// Collectives of a distributed run: auto (NCCL on CUDA when built with it, else Gloo), gloo
+    /// or nccl. Naming one outside torchrun/--nproc runs a group of one rank (a backend check).
+    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
+    pub dist_backend: DistBackend,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the result as one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Train in float64 (CPU, no --amp, no kNN monitor): a check mode whose numbers do not depend
+    /// on the CPU's float path, for comparing two runs of the same algorithm over many steps.
+    /// The encoder file and checkpoints are still written in float32.
+    #[arg(long)]
+    pub float64: bool,
+}
+
+impl PretrainArgs {
+    /// The numbers given on this command line.
+    fn given(&self) -> Recipe {
+        Recipe {
+            optimizer: self.optimizer,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            optim_momentum: self.sgd_momentum,
+            temperature: self.temperature,
+            momentum: self.moco_momentum,
+            queue_size: self.queue_size,
+            bn_splits: self.bn_splits,
+            symmetric: self.symmetric.then_some(true),
+            head_bn: self.head_bn.then_some(true),
+            proj_dim: self.proj_dim,
+            mlp_hidden: self.mlp_hidden,
+            crop: self.aug.crop,
+        }
+    }
+
+    /// The command line, then the preset, then the method's published recipe.
+    pub fn recipe(&self) -> Result<Recipe> {
+        let entry = methods::find(&self.method)?;
+        let mut r = self.given();
+        if let Some(p) = self.preset {
+            r = r.or(p.recipe(&self.method, self.batch_size)?);
+        }
+        Ok(r.or((entry.recipe)(self.arch)))
+    }
+
+    /// The whole configuration, every number decided.
+    pub fn to_config(&self) -> Result<PretrainConfig> {
+        let entry = methods::find(&self.method)?;
+        let r = self.recipe()?;
+        let crop = r.crop.unwrap_or(self.io.size);
+        if crop < MIN_CROP {
+            bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
+        }
+        let splits = crate::data::parse_splits(&self.splits)
+            .map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
+        let need = |v: Option<f64>, flag: &str| {
+            v.ok_or_else(|| anyhow::anyhow!("{flag}: {} has no default", self.method))
+        };
+        Ok(PretrainConfig {
+            data: self.io.source(),
+            splits,
+            arch: self.arch,
+            method: (entry.config)(&r, self.arch)?,
+            optim: OptimConfig {
+                kind: r.optimizer.unwrap_or(OptimizerKind::Sgd),
+                lr: need(r.lr, "--lr")?,
+                weight_decay: need(r.weight_decay, "--weight-decay")?,
+                momentum: r.optim_momentum.unwrap_or(0.9),
+                warmup_steps: self.warmup_steps,
+                cosine: !self.no_cosine,
+            },
+            batch_size: self.batch_size,
+            bn_splits: r.bn_splits.unwrap_or(1),
+            length: match self.steps {
+                Some(s) => Length::Steps(s),
+                None => Length::Epochs(self.epochs),
+            },
+            augmentation: self.aug.apply((entry.augmentation)(crop)),
+            amp: self.amp,
+            seed: self.seed,
+            float64: self.float64,
+            knn: (!self.no_knn).then(|| KnnMonitorConfig {
+                data: self.knn_data.clone(),
+                bank: self.knn_bank_split,
+                query: self.knn_query_split,
+                every: self.knn_every,
+            }),
+            run: RunSettings {
+                out: self.out.clone(),
+                compute: self.io.compute(),
+                dist_backend: self.dist_backend,
+                dist_timeout: self.dist_timeout,
+                channels_last: match (self.channels_last, self.no_channels_last) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+                checkpoint_every: self.checkpoint_every,
+                log_every: self.log_every,
+                resume: self.resume,
+                progress: !self.quiet && !self.json,
+                preset: self.preset.map(|p| p.name().to_string()),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: PretrainArgs,
+    }
+
+    fn config(args: &[&str]) -> PretrainConfig {
+        let argv = [&["x", "--data", "d", "--out", "o"], args].concat();
+        Cli::parse_from(argv).a.to_config().unwrap()
+    }
+
+    #[test]
+    fn small_data_fills_the_unset_flags_and_keeps_the_given_ones() {
+        let a = config(&[
+            "--preset",
+            "small-data",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.1",
+        ]);
+        assert_eq!(a.augmentation.size, 64);
+        assert_eq!(a.optim.lr, 0.1, "an explicit --lr wins");
+        assert_eq!((a.method.queue_size, a.bn_splits), (4096, 4));
+        assert!(a.method.projector.hidden_norm && a.method.projector.out_norm);
+        let b = config(&["--preset", "small-data", "--crop", "80", "--bn-splits", "1"]);
+        assert_eq!(
+            (b.augmentation.size, b.bn_splits, b.optim.lr),
+            (80, 1, 0.24)
+        );
+        let plain = config(&[]);
+        assert_eq!(
+            (
+                plain.augmentation.size,
+                plain.method.projector.hidden_norm,
+                plain.bn_splits
+            ),
+            (96, false, 8)
+        );
+    }
+
+    #[test]
+    fn each_method_fills_its_published_recipe() {
+        let v1 = config(&["--method", "mocov1"]);
+        assert_eq!((v1.method.temperature, v1.method.momentum), (0.07, 0.999));
+        assert_eq!(
+            (v1.method.projector.layers, v1.augmentation.blur_p),
+            (1, 0.0)
+        );
+        let v3 = config(&["--method", "mocov3", "--temperature", "0.5"]);
+        assert_eq!(v3.method.temperature, 0.5, "an explicit flag wins");
+        assert_eq!(v3.optim.kind, OptimizerKind::Lars);
+        assert!(v3.method.predictor.is_some() && v3.method.queue_size == 0);
+        assert_eq!(
+            v3.method.momentum_schedule,
+            crate::optim::MomentumSchedule::Cosine
+        );
+        let err = Cli::parse_from([
+            "x",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--method",
+            "simclr",
+            "--queue-size",
+            "64",
+        ])
+        .a
+        .to_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("--queue-size"), "{err}");
+        let err = Cli::parse_from([
+            "x",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--method",
+            "simclr",
+            "--preset",
+            "small-data",
+        ])
+        .a
+        .to_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("--preset"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Self-supervised methods on the training core (`crate::train`). A method is the part of a step
+//! that differs between papers — its networks, its loss, what happens after the optimizer step —
+//! behind [`Method`]; data order, views, optimizer, logging, checkpoints and ranks are the
+//! core's. A new method is one file with an [`Entry`] and one line in the `methods!` list below.
+
+pub mod parts;
+
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
+use models::Arch;
+use models_tch::ResNet;
+use tch::{Device, Tensor};
+
+use crate::augment::AugConfig;
+use crate::config::{MethodConfig, Recipe};
+use crate::dist::Dist;
+
+/// `module: [ENTRY, …]` per line: declares each method's module and registers its entries.
+macro_rules! methods {
+    ($($module:ident: [$($entry:ident),+],)+) => {
+        $(pub mod $module;)+
+        /// Every method `pretrain --method` knows, by name; the first is the default.
+        pub const REGISTRY: &[Entry] = &[$($($module::$entry,)+)+];
+    };
+}
+
+methods! {
+    moco: [MOCOV2, MOCOV1],
+    mocov3: [MOCOV3],
+    simclr: [SIMCLR],
+}
+
+/// A method as the registry holds it.
+pub struct Entry {
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// The published recipe for `arch`: every value the command line and a preset leave unset.
+    pub recipe: fn(Arch) -> Recipe,
+    /// The published augmentations for views of `size` pixels.
+    pub augmentation: fn(u32) -> AugConfig,
+    /// The method's hyperparameters from a complete recipe for `arch` (or why they do not fit).
+    pub config: fn(&Recipe, Arch) -> Result<MethodConfig>,
+    /// Its networks, initialised from libtorch's global RNG (`tch::manual_seed` decides).
+    pub build: fn(&MethodConfig, &Build) -> Result<Box<dyn Method>>,
+}
+
+/// What building a method needs besides its own configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Build {
+    pub arch: Arch,
+    pub device: Device,
+    /// BatchNorm groups on this rank (the run's `--bn-splits` / world size).
+    pub bn_splits: i64,
+    /// Images per step over all ranks.
+    pub batch: usize,
+}
+
+pub fn find(name: &str) -> Result<&'static Entry> {
+    match REGISTRY.iter().find(|e| e.name == name) {
+        Some(e) => Ok(e),
+        None => bail!(
+            "--method {name}: unknown (one of {})",
+            names().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|e| e.name)
+}
+
+/// Where a step stands: what keyed draws and schedules inside a method need.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCtx {
+    /// 0-based.
+    pub step: u64,
+    pub total_steps: u64,
+    pub seed: u64,
+}
+
+/// One step's loss.
+pub struct Loss {
+    /// The graph to backpropagate on this rank. The core averages gradients over ranks, so this
+    /// is whatever makes that average the gradient of the global batch's loss.
+    pub graph: Tensor,
+    /// The global batch's loss as reported (detached), as far as this rank knows it; the core
+    /// averages it over ranks for the log.
+    pub value: Tensor,
+}
+
+impl Loss {
+    /// The usual case: each rank's loss is the mean over its share of the batch, so the mean of
+    /// the ranks' gradients is the gradient of the whole batch's mean.
+    pub fn local_mean(loss: Tensor) -> Loss {
+        let value = loss.detach();
+        Loss { graph: loss, value }
+    }
+}
+
+/// A self-supervised method's side of a training step.
+pub trait Method {
+    /// This step's loss on this rank's two batches of views.
+    fn loss(&mut self, v1: &Tensor, v2: &Tensor, ctx: &StepCtx) -> Result<Loss>;
+
+    /// After the optimizer step (queue, target network). With `log`, the method's own metrics
+    /// for this step's log line.
+    fn after_step(&mut self, ctx: &StepCtx, log: bool) -> Result<Vec<(&'static str, f64)>>;
+
+    /// Trainable parameters, sorted by name: what the optimizer steps.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+
+    /// Every variable of its networks (parameters and BatchNorm buffers) under a unique name:
+    /// checkpoints, the first broadcast over ranks, buffer averaging, the float kind, layout.
+    fn networks(&self) -> Vec<(String, Tensor)>;
+
+    /// Other tensors a resume needs (a queue and its pointer): checkpointed and broadcast, never
+    /// averaged or converted to channels_last.
+    fn extra_state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// The backbone that is evaluated and exported.
+    fn backbone(&self) -> &ResNet;
+
+    /// The exported backbone's variables, torchvision names (`encoder.safetensors`).
+    fn backbone_variables(&self) -> Vec<(String, Tensor)>;
+
+    /// Joins a process group (keys or embeddings gathered over ranks).
+    fn attach(&mut self, dist: Rc<Dist>);
+}
+
+/// Every method with its recipe for `arch` (`moco-train methods`).
+pub fn describe(arch: Arch) -> serde_json::Value {
+    let all: Vec<serde_json::Value> = REGISTRY
+        .iter()
+        .map(|e| {
+            let r = (e.recipe)(arch);
+            serde_json::json!({"name": e.name, "about": e.about, "recipe": r,
+                "config": (e.config)(&r, arch).ok(), "augmentation": (e.augmentation)(96)})
+        })
+        .collect();
+    serde_json::json!({ "arch": arch.name(), "methods": all })
+}

@@ -1,0 +1,184 @@
+//! What the methods are built from: a backbone with its projector (and predictor) in one
+//! VarStore under torchvision's names, a momentum (EMA) copy of it, and the naming of their
+//! variables for checkpoints.
+
+use models::{MlpHead, MlpShape, ResNetDesc};
+use models_tch::{MlpHeadModule, ResNet};
+use tch::nn::{self, VarStore};
+use tch::{Device, Tensor};
+
+use crate::config::MethodConfig;
+
+/// The projector described by a method's shape: a bare `fc` for one layer (torchvision's own
+/// classifier with `out` classes, as MoCo v1 uses it), else a `Sequential` named `fc.<i>`.
+pub fn projector(feature_dim: usize, shape: &MlpShape) -> MlpHead {
+    if shape.layers == 1 && !shape.out_norm {
+        MlpHead::linear("fc", feature_dim, shape.out)
+    } else {
+        MlpHead::build("fc", feature_dim, *shape)
+    }
+}
+
+/// A backbone and its projector: `z = fc(pool(backbone(x)))`, names as torchvision's resnet whose
+/// `fc` was replaced by the projector.
+#[derive(Debug)]
+pub struct Encoder {
+    pub backbone: ResNet,
+    pub head: MlpHeadModule,
+}
+
+impl Encoder {
+    /// The backbone's BatchNorm in `bn_splits` groups, the projector's in `head_bn_splits`.
+    pub fn new(
+        root: &nn::Path,
+        desc: &ResNetDesc,
+        head: &MlpHead,
+        bn_splits: i64,
+        head_bn_splits: i64,
+    ) -> Self {
+        Encoder {
+            backbone: ResNet::new(root, desc, bn_splits),
+            head: MlpHeadModule::new(root, head, head_bn_splits),
+        }
+    }
+
+    /// The projection, not normalised.
+    pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
+        self.head
+            .forward_t(&self.backbone.forward_t(x, train), train)
+    }
+}
+
+/// An online network (encoder, maybe a predictor) in its VarStore.
+pub struct Online {
+    pub vs: VarStore,
+    pub enc: Encoder,
+    pub predictor: Option<MlpHeadModule>,
+}
+
+impl Online {
+    /// Draws the backbone, then the projector, then the predictor, in PyTorch's order of
+    /// construction (the draws of one seed land where the reference puts them).
+    pub fn new(cfg: &MethodConfig, desc: &ResNetDesc, device: Device, bn_splits: i64) -> Self {
+        Self::with_head_splits(cfg, desc, device, bn_splits, bn_splits)
+    }
+
+    pub fn with_head_splits(
+        cfg: &MethodConfig,
+        desc: &ResNetDesc,
+        device: Device,
+        bn_splits: i64,
+        head_bn_splits: i64,
+    ) -> Self {
+        let vs = VarStore::new(device);
+        let head = projector(desc.feature_dim, &cfg.projector);
+        let enc = Encoder::new(&vs.root(), desc, &head, bn_splits, head_bn_splits);
+        let predictor = cfg.predictor.map(|shape| {
+            let spec = MlpHead::build("predictor", cfg.projector.out, shape);
+            MlpHeadModule::new(&vs.root(), &spec, bn_splits)
+        });
+        Online { vs, enc, predictor }
+    }
+
+    /// The predictor's output on a projection (the projection itself without a predictor).
+    pub fn predict(&self, z: &Tensor, train: bool) -> Tensor {
+        match &self.predictor {
+            Some(p) => p.forward_t(z, train),
+            None => z.shallow_clone(),
+        }
+    }
+
+    /// Trainable parameters, sorted by name.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The backbone's variables alone (no `fc.*`, no `predictor.*`), torchvision names.
+    pub fn backbone_variables(&self) -> Vec<(String, Tensor)> {
+        self.vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| !is_head(n))
+            .collect()
+    }
+}
+
+/// Variables of the heads rather than of the backbone.
+pub fn is_head(name: &str) -> bool {
+    name.starts_with("fc.") || name.starts_with("predictor.")
+}
+
+/// A momentum (EMA) copy of an online encoder: MoCo's key encoder, BYOL's target. It starts as
+/// a copy, is never trained, and follows its online network by θ ← m·θ + (1−m)·θ_online over the
+/// parameters (its BatchNorm statistics come from its own forwards).
+pub struct Target {
+    pub vs: VarStore,
+    pub enc: Encoder,
+    /// (name, online, target) for every trainable parameter of the online encoder.
+    pairs: Vec<(String, Tensor, Tensor)>,
+}
+
+impl Target {
+    /// Built like `online`'s encoder (same shapes, no predictor) and copied from it.
+    pub fn follow(
+        online: &Online,
+        cfg: &MethodConfig,
+        desc: &ResNetDesc,
+        bn_splits: i64,
+        head_bn_splits: i64,
+    ) -> Self {
+        let mut vs = VarStore::new(online.vs.device());
+        let head = projector(desc.feature_dim, &cfg.projector);
+        let enc = Encoder::new(&vs.root(), desc, &head, bn_splits, head_bn_splits);
+        let src = online.vs.variables();
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                t.copy_(&src[&name]);
+            }
+        });
+        vs.freeze();
+        let kv = vs.variables();
+        let mut names: Vec<&String> = src
+            .keys()
+            .filter(|n| src[*n].requires_grad() && kv.contains_key(*n))
+            .collect();
+        names.sort();
+        let pairs = names
+            .into_iter()
+            .map(|n| (n.clone(), src[n].shallow_clone(), kv[n].shallow_clone()))
+            .collect();
+        Target { vs, enc, pairs }
+    }
+
+    /// θ_target ← m·θ_target + (1−m)·θ_online over the parameters.
+    pub fn update(&self, m: f64) {
+        tch::no_grad(|| {
+            for (_, q, k) in &self.pairs {
+                let mut k = k.shallow_clone();
+                let _ = k.g_mul_scalar_(m);
+                let _ = k.g_add_(&(q * (1.0 - m)));
+            }
+        });
+    }
+}
+
+/// Every variable of `stores` as `<prefix>/<name>`, sorted by name: one order on every rank.
+pub fn named(stores: &[(&str, &VarStore)]) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = stores
+        .iter()
+        .flat_map(|(prefix, vs)| {
+            vs.variables()
+                .into_iter()
+                .map(move |(n, t)| (format!("{prefix}/{n}"), t))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

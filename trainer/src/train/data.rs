@@ -1,0 +1,127 @@
+//! A step's images and views: which images (epoch permutations keyed by (seed, epoch), this
+//! rank's strided share) and how they are augmented (two views drawn from the (seed, step)
+//! stream for the whole global batch, this rank's share kept) — so that any world size, and a
+//! resumed run, sees exactly what one uninterrupted process would.
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::{AugConfig, Augmenter};
+use crate::data::ImageBank;
+use crate::dist::share;
+use crate::rng::{permutation, stream, Purpose};
+
+/// Where this process sits among the ranks of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankShare {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl RankShare {
+    pub const ONE: RankShare = RankShare { rank: 0, world: 1 };
+}
+
+/// The images of each step, epoch after epoch.
+pub struct StepBatches {
+    bank: ImageBank,
+    seed: u64,
+    /// The global batch.
+    batch: usize,
+    share: RankShare,
+    /// The permutation of the epoch last asked for.
+    order: Option<(u64, Vec<i64>)>,
+}
+
+impl StepBatches {
+    pub fn new(bank: ImageBank, seed: u64, batch: usize, share: RankShare) -> Self {
+        StepBatches {
+            bank,
+            seed,
+            batch,
+            share,
+            order: None,
+        }
+    }
+
+    pub fn images(&self) -> usize {
+        self.bank.len()
+    }
+
+    /// Whole batches in one pass over the images (the last, partial one is dropped).
+    pub fn steps_per_epoch(&self) -> u64 {
+        (self.bank.len() / self.batch) as u64
+    }
+
+    /// This rank's share of step `step`'s images, uint8 `[n, 3, H, W]` on the host.
+    pub fn images_of(&mut self, step: u64) -> Tensor {
+        let per_epoch = self.steps_per_epoch().max(1);
+        let epoch = step / per_epoch;
+        if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let n = self.bank.len();
+            let order = permutation(&mut stream(self.seed, Purpose::EpochOrder, epoch), n);
+            self.order = Some((epoch, order));
+        }
+        let order = &self.order.as_ref().expect("set above").1;
+        let pos = (step % per_epoch) as usize * self.batch;
+        let idx: Vec<usize> = share(
+            &order[pos..pos + self.batch],
+            self.share.rank,
+            self.share.world,
+        )
+        .iter()
+        .map(|&i| i as usize)
+        .collect();
+        self.bank.batch(&idx)
+    }
+}
+
+/// The two augmented views of a step's images.
+pub struct ViewMaker {
+    aug: Augmenter,
+    seed: u64,
+    batch: usize,
+    /// Side of the decoded images the views are cut from.
+    size: u32,
+    share: RankShare,
+    kind: Kind,
+    channels_last: bool,
+}
+
+impl ViewMaker {
+    pub fn new(
+        cfg: AugConfig,
+        device: Device,
+        (seed, batch, size): (u64, usize, u32),
+        share: RankShare,
+        (kind, channels_last): (Kind, bool),
+    ) -> Self {
+        ViewMaker {
+            aug: Augmenter::new(cfg, &models::Preprocess::default(), device),
+            seed,
+            batch,
+            size,
+            share,
+            kind,
+            channels_last,
+        }
+    }
+
+    /// Views 1 and 2 of this rank's `images` (on the device) at `step`. Every rank draws the
+    /// whole batch's parameters and keeps its share: any world size sees the same views.
+    pub fn views(&self, images: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
+        let mut rng = stream(self.seed, Purpose::Augment, step);
+        let (s, r, w) = (self.size, self.share.rank, self.share.world);
+        let p1 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
+        let p2 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
+        let (mut v1, mut v2) = (
+            self.aug.views(images, &p1).to_kind(self.kind),
+            self.aug.views(images, &p2).to_kind(self.kind),
+        );
+        if self.channels_last {
+            crate::amp::make_channels_last(&mut v1)?;
+            crate::amp::make_channels_last(&mut v2)?;
+        }
+        Ok((v1, v2))
+    }
+}

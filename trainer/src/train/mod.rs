@@ -1,0 +1,568 @@
+//! The training core of `pretrain`: it owns the loop — data order per rank, views, the step,
+//! logging, the NaN stop, checkpoints and the kNN monitor — over any [`Method`], and saves the
+//! method's backbone with torchvision names at the end.
+
+pub mod checkpoint;
+pub mod data;
+pub mod launch;
+pub mod monitor;
+pub mod step;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use models::Preprocess;
+use models_tch::to_tensor_map;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Algorithm, Amp, PretrainConfig};
+use crate::data::ImageBank;
+use crate::dist::{Dist, DistBackend, DistEnv};
+use crate::methods::{self, Build, Method, StepCtx};
+use crate::metrics::MetricsLog;
+use crate::optim::{LossScaler, Optimizer, Schedule};
+use checkpoint::State;
+use data::{RankShare, StepBatches, ViewMaker};
+use monitor::KnnMonitor;
+use step::{train_step, StepState};
+
+/// `moco-train pretrain` with a decided configuration: the result JSON of SPEC.
+pub fn run(cfg: &PretrainConfig) -> Result<Value> {
+    let mut trainer = Trainer::prepare(cfg)?;
+    trainer.fit()?;
+    trainer.finish()
+}
+
+/// The device and, under torchrun's variables or `--dist-backend`, the process group.
+fn connect(cfg: &PretrainConfig) -> Result<(Device, Option<Rc<Dist>>)> {
+    let mut device = cfg.run.compute.setup()?;
+    let env = match DistEnv::from_env()? {
+        None if cfg.run.dist_backend != DistBackend::Auto => Some(DistEnv::single()),
+        env => env,
+    };
+    if let (Device::Cuda(0), Some(env)) = (device, &env) {
+        device = Device::Cuda(env.local_rank);
+    }
+    let timeout = Duration::from_secs(cfg.run.dist_timeout);
+    let dist = match &env {
+        Some(env) => Some(Rc::new(Dist::init(
+            env,
+            cfg.run.dist_backend,
+            device,
+            timeout,
+        )?)),
+        None => None,
+    };
+    Ok((device, dist))
+}
+
+/// The checks that need the device.
+fn check_device(cfg: &PretrainConfig, device: Device) -> Result<()> {
+    if cfg.amp != Amp::Off && !device.is_cuda() {
+        bail!(
+            "--amp {:?}: mixed precision runs on CUDA only (use --amp off on CPU)",
+            cfg.amp
+        );
+    }
+    if cfg.float64 && device.is_cuda() {
+        bail!("--float64 is a CPU check mode: use it with --device cpu, --amp off and --no-knn");
+    }
+    if cfg.amp != Amp::Off {
+        crate::amp::set_cuda_dtype(cfg.amp == Amp::Bf16)?;
+    }
+    Ok(())
+}
+
+fn check_writable(out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create", out.display()))?;
+    models::weights::check_dir_writable(out)
+        .with_context(|| format!("--out {}: not writable", out.display()))
+}
+
+/// The pretraining images; the lead rank builds the decoded stores, the others open them once
+/// they exist.
+fn open_images(cfg: &PretrainConfig, dist: Option<&Dist>, progress: bool) -> Result<ImageBank> {
+    let open = || {
+        crate::data::open_splits(
+            &cfg.data.root,
+            &cfg.splits,
+            cfg.data.format,
+            cfg.data.size,
+            &cfg.data.cache_dir(),
+            progress,
+        )
+    };
+    let lead = dist.is_none_or(|d| d.rank == 0);
+    let first = lead.then(open);
+    if let Some(d) = dist {
+        d.barrier()?;
+    }
+    Ok(ImageBank::new(match first {
+        Some(r) => r?,
+        None => open()?,
+    }))
+}
+
+/// The whole configuration as `config.json` shows it.
+fn config_json(
+    cfg: &PretrainConfig,
+    algo: &Algorithm,
+    device: Device,
+    dist: Option<&Dist>,
+) -> Value {
+    json!({
+        "command": "pretrain",
+        "algorithm": algo,
+        "run": {
+            "threads": tch::get_num_threads(),
+            "device": format!("{device:?}"),
+            "dist_backend": dist.map(|d| d.backend.name()),
+            "channels_last": uses_channels_last(cfg, device),
+            "preset": cfg.run.preset,
+            "checkpoint_every": cfg.run.checkpoint_every,
+            "knn_every": cfg.knn.as_ref().map(|k| k.every),
+            "log_every": cfg.run.log_every,
+            "out": cfg.run.out.display().to_string(),
+        },
+        "preprocess": Preprocess::default(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// channels_last: the default on CUDA, asked for on the CPU.
+fn uses_channels_last(cfg: &PretrainConfig, device: Device) -> bool {
+    cfg.run.channels_last.unwrap_or(device.is_cuda())
+}
+
+/// The method with its optimizer, from `cfg` (initial draws from `tch::manual_seed(seed)`).
+fn build_method(
+    cfg: &PretrainConfig,
+    device: Device,
+    dist: Option<&Rc<Dist>>,
+) -> Result<(Box<dyn Method>, Optimizer)> {
+    let world = dist.map_or(1, |d| d.world);
+    tch::manual_seed(cfg.seed as i64);
+    let build = Build {
+        arch: cfg.arch,
+        device,
+        bn_splits: cfg.bn_splits / world as i64,
+        batch: cfg.batch_size,
+    };
+    let mut method = (methods::find(&cfg.method.name)?.build)(&cfg.method, &build)?;
+    set_kind(
+        method.as_ref(),
+        if cfg.float64 {
+            Kind::Double
+        } else {
+            Kind::Float
+        },
+    );
+    if let Some(d) = dist {
+        // Every rank starts from rank 0's networks, as DDP does. Collectives pair up by
+        // position: `networks` has one order on every rank.
+        for (_, mut t) in method.networks().into_iter().chain(method.extra_state()) {
+            if t.is_floating_point() {
+                tch::no_grad(|| d.broadcast(&mut t, 0))?;
+            }
+        }
+        method.attach(d.clone());
+    }
+    let o = &cfg.optim;
+    let opt = Optimizer::new(o.kind, method.parameters(), o.momentum, o.weight_decay);
+    Ok((method, opt))
+}
+
+/// Every variable of the networks and every float state tensor in `kind` (float64 for the check
+/// mode).
+pub fn set_kind(method: &dyn Method, kind: Kind) {
+    let state = method
+        .extra_state()
+        .into_iter()
+        .filter(|(_, t)| t.is_floating_point());
+    for (_, t) in method.networks().into_iter().chain(state) {
+        tch::no_grad(|| t.shallow_clone().set_data(&t.to_kind(kind)));
+    }
+}
+
+/// BN running statistics are per rank (each sees its own groups); their mean over ranks is
+/// exactly what one process with all the groups holds (the update is linear), so checkpoints
+/// store the mean and every rank continues from it.
+fn average_buffers(d: &Dist, method: &dyn Method) -> Result<()> {
+    for (_, mut t) in method.networks() {
+        if !t.requires_grad() {
+            d.average(&mut t)?;
+        }
+    }
+    Ok(())
+}
+
+fn params_finite(opt: &Optimizer) -> bool {
+    tch::no_grad(|| {
+        opt.params
+            .iter()
+            .all(|(_, p)| bool::try_from(p.isfinite().all()).unwrap_or(false))
+    })
+}
+
+/// The steps since the last log line.
+struct Interval {
+    loss_sum: Tensor,
+    steps: u64,
+    since: Instant,
+}
+
+impl Interval {
+    fn new(kind: Kind, device: Device) -> Self {
+        Interval {
+            loss_sum: Tensor::zeros([], (kind, device)),
+            steps: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+pub struct Trainer {
+    cfg: PretrainConfig,
+    algo: Algorithm,
+    device: Device,
+    kind: Kind,
+    dist: Option<Rc<Dist>>,
+    method: Box<dyn Method>,
+    opt: Optimizer,
+    scaler: Option<LossScaler>,
+    schedule: Schedule,
+    batches: StepBatches,
+    views: ViewMaker,
+    monitor: Option<KnnMonitor>,
+    log: Option<MetricsLog>,
+    bar: ProgressBar,
+    start: u64,
+    t0: Instant,
+    last_loss: f64,
+    last_knn: Option<f64>,
+}
+
+impl Trainer {
+    /// Everything before the first step: device and ranks, data, monitor, method and optimizer,
+    /// the resume, config.json and the metrics log.
+    pub fn prepare(cfg: &PretrainConfig) -> Result<Trainer> {
+        let (device, dist) = connect(cfg)?;
+        let share = dist.as_ref().map_or(RankShare::ONE, |d| RankShare {
+            rank: d.rank,
+            world: d.world,
+        });
+        let lead = share.rank == 0;
+        check_device(cfg, device)?;
+        cfg.validate(share.world)?;
+        if lead {
+            check_writable(&cfg.run.out)?;
+        }
+        let progress = cfg.run.progress && lead;
+        let bank = open_images(cfg, dist.as_deref(), progress)?;
+        let n = bank.len();
+        if cfg.batch_size > n {
+            bail!(
+                "--batch-size {} is larger than the {n} pretraining images",
+                cfg.batch_size
+            );
+        }
+        let batches = StepBatches::new(bank, cfg.seed, cfg.batch_size, share);
+        let total = match cfg.length {
+            crate::config::Length::Steps(s) => s,
+            crate::config::Length::Epochs(e) => e * batches.steps_per_epoch(),
+        };
+        if total == 0 {
+            bail!("--steps/--epochs: nothing to train");
+        }
+        let monitor = match (&cfg.knn, lead) {
+            (Some(k), true) => KnnMonitor::open(k, &cfg.data, progress)?,
+            _ => None,
+        };
+        let algo = cfg.algorithm(n, total);
+        let (mut method, mut opt) = build_method(cfg, device, dist.as_ref())?;
+        let mut scaler = (cfg.amp == Amp::Fp16).then(LossScaler::default);
+        let start = resume(cfg, &algo, share, &mut *method, &mut opt, &mut scaler)?;
+        let kind = if cfg.float64 {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let channels_last = uses_channels_last(cfg, device);
+        if channels_last {
+            for (_, mut t) in method.networks() {
+                crate::amp::make_channels_last(&mut t)?;
+            }
+        }
+        let log = if lead {
+            let text =
+                serde_json::to_string_pretty(&config_json(cfg, &algo, device, dist.as_deref()))?;
+            models::weights::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
+            Some(MetricsLog::open(
+                &cfg.run.out.join("metrics.jsonl"),
+                Some(start),
+            )?)
+        } else {
+            None
+        };
+        let views = ViewMaker::new(
+            cfg.augmentation.clone(),
+            device,
+            (cfg.seed, cfg.batch_size, cfg.data.size),
+            share,
+            (kind, channels_last),
+        );
+        let schedule = Schedule {
+            base_lr: cfg.optim.lr,
+            batch_size: cfg.batch_size,
+            total_steps: total,
+            warmup_steps: cfg.optim.warmup_steps,
+            cosine: cfg.optim.cosine,
+        };
+        let bar = crate::progress::bar(total, "pretrain", progress);
+        bar.set_position(start);
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            algo,
+            device,
+            kind,
+            dist,
+            method,
+            opt,
+            scaler,
+            schedule,
+            batches,
+            views,
+            monitor,
+            log,
+            bar,
+            start,
+            t0: Instant::now(),
+            last_loss: f64::NAN,
+            last_knn: None,
+        })
+    }
+
+    fn lead(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.rank == 0)
+    }
+
+    /// The steps from the resumed position to the end.
+    pub fn fit(&mut self) -> Result<()> {
+        let total = self.algo.total_steps;
+        let per_epoch = self.batches.steps_per_epoch();
+        let mut interval = Interval::new(self.kind, self.device);
+        for step in self.start..total {
+            crate::faults::at_step(step);
+            let images = self.batches.images_of(step).to_device(self.device);
+            let views = self.views.views(&images, step)?;
+            let lr = self.schedule.lr(step);
+            let done = step + 1;
+            let end_of_epoch = done.is_multiple_of(per_epoch);
+            let every = self.cfg.run.checkpoint_every;
+            let checkpoint_now = done == total || (every > 0 && done.is_multiple_of(every));
+            let log_now =
+                done % self.cfg.run.log_every.max(1) == 0 || checkpoint_now || end_of_epoch;
+            let ctx = StepCtx {
+                step,
+                total_steps: total,
+                seed: self.cfg.seed,
+            };
+            let st = StepState {
+                opt: &mut self.opt,
+                scaler: &mut self.scaler,
+                dist: self.dist.as_deref(),
+                autocast: self.cfg.amp != Amp::Off,
+                kind: self.kind,
+            };
+            let out = train_step(
+                &mut *self.method,
+                st,
+                (&views.0, &views.1),
+                &ctx,
+                lr,
+                log_now,
+            )?;
+            interval.loss_sum += out.loss;
+            interval.steps += 1;
+            if log_now {
+                let epoch_done = end_of_epoch.then(|| done / per_epoch);
+                self.log_interval(&mut interval, done, lr, epoch_done, &out.fields)?;
+                if checkpoint_now {
+                    self.checkpoint(done, lr)?;
+                }
+            }
+            self.bar.set_position(done);
+        }
+        self.bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// The interval's mean loss (over ranks: the only host synchronisation), checked for NaN/inf
+    /// before anything is logged or checkpointed; the kNN monitor when due; one metrics line.
+    fn log_interval(
+        &mut self,
+        interval: &mut Interval,
+        done: u64,
+        lr: f64,
+        epoch_done: Option<u64>,
+        fields: &[(&'static str, f64)],
+    ) -> Result<()> {
+        if let Some(d) = &self.dist {
+            d.average(&mut interval.loss_sum)?;
+        }
+        let mean = interval.loss_sum.double_value(&[]) / interval.steps as f64;
+        if !mean.is_finite() {
+            self.bar.abandon();
+            bail!(
+                "pretrain: the loss became {mean} between steps {} and {done} (lr {lr:.4}); \
+                 stopped. The last good checkpoint is kept in {}",
+                done - interval.steps,
+                checkpoint::dir(&self.cfg.run.out).display()
+            );
+        }
+        let secs = interval.since.elapsed().as_secs_f64();
+        let ips = (interval.steps as usize * self.cfg.batch_size) as f64 / secs.max(1e-9);
+        self.last_loss = mean;
+        let per_epoch = self.batches.steps_per_epoch();
+        let mut rec = json!({
+            "step": done, "epoch": done as f64 / per_epoch as f64, "loss": mean,
+            "lr": lr, "images_per_sec": ips, "wall_time": self.t0.elapsed().as_secs_f64(),
+        });
+        let last = done == self.algo.total_steps;
+        if let Some(m) = self.monitor.as_ref().filter(|m| m.due(epoch_done, last)) {
+            // Only the lead rank has a monitor; the others wait in their next collective.
+            let top1 = m.evaluate(self.method.backbone(), self.device)?;
+            rec["knn_top1"] = json!(top1);
+            self.last_knn = Some(top1);
+        }
+        for (k, v) in fields {
+            rec[*k] = json!(v);
+        }
+        if let Some(sc) = &self.scaler {
+            rec["loss_scale"] = json!(sc.scale);
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.write(&rec)?;
+        }
+        self.bar
+            .set_message(format!("pretrain loss {mean:.4} lr {lr:.4} {ips:.1} img/s"));
+        *interval = Interval::new(self.kind, self.device);
+        Ok(())
+    }
+
+    /// The weights checked (the loss checks them a step behind), BN statistics averaged over
+    /// ranks, and the checkpoint written by the lead rank.
+    fn checkpoint(&mut self, done: u64, lr: f64) -> Result<()> {
+        if !params_finite(&self.opt) {
+            self.bar.abandon();
+            bail!(
+                "pretrain: the weights became NaN/inf at step {done} (lr {lr:.4}); stopped. The \
+                 last good checkpoint is kept in {}",
+                checkpoint::dir(&self.cfg.run.out).display()
+            );
+        }
+        if let Some(d) = &self.dist {
+            average_buffers(d, self.method.as_ref())?;
+        }
+        if self.lead() {
+            let state = State {
+                step: done,
+                ptr: None,
+                scaler: self.scaler.clone(),
+                config: serde_json::to_value(&self.algo)?,
+                world_size: self.dist.as_ref().map_or(1, |d| d.world),
+            };
+            checkpoint::save(&self.cfg.run.out, self.method.as_ref(), &self.opt, &state)?;
+        }
+        Ok(())
+    }
+
+    /// After the last step: the ranks meet, and the lead saves the backbone, the curves and the
+    /// result.
+    pub fn finish(self) -> Result<Value> {
+        let total = self.algo.total_steps;
+        if let Some(d) = &self.dist {
+            // Nobody leaves while a peer may still be in a collective.
+            d.barrier()?;
+            if !self.lead() {
+                return Ok(json!({"rank": d.rank, "steps": total}));
+            }
+        }
+        let out = &self.cfg.run.out;
+        let vars: HashMap<String, Tensor> = self.method.backbone_variables().into_iter().collect();
+        let mut encoder = to_tensor_map(&vars, |_| true);
+        encoder
+            .metadata
+            .insert("moco.arch".into(), self.cfg.arch.name().into());
+        encoder.save(&out.join("encoder.safetensors"))?;
+        let _ = crate::plot::curves(&out.join("metrics.jsonl"), &out.join("curves.png"));
+        eprintln!(
+            "pretrain: {total} steps, final loss {:.4}{} → {}",
+            self.last_loss,
+            self.last_knn
+                .map(|k| format!(", kNN top-1 {:.1} %", 100.0 * k))
+                .unwrap_or_default(),
+            out.join("encoder.safetensors").display()
+        );
+        Ok(json!({
+            "encoder": out.join("encoder.safetensors").display().to_string(),
+            "steps": total,
+            "loss": self.last_loss,
+            "knn_top1": self.last_knn,
+            "seconds": self.t0.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+/// `--resume`: the newest good checkpoint restored into `method` and `opt` when its record agrees
+/// with `algo`; the step to start from (0 without one).
+fn resume(
+    cfg: &PretrainConfig,
+    algo: &Algorithm,
+    share: RankShare,
+    method: &mut dyn Method,
+    opt: &mut Optimizer,
+    scaler: &mut Option<LossScaler>,
+) -> Result<u64> {
+    if !cfg.run.resume {
+        return Ok(0);
+    }
+    let Some((path, map, state)) = checkpoint::latest_good(&cfg.run.out) else {
+        return Ok(0);
+    };
+    if state.world_size != share.world {
+        bail!(
+            "--resume: {} was written by {} rank(s), this run has {}; resume with the same \
+             world size",
+            path.display(),
+            state.world_size,
+            share.world
+        );
+    }
+    let stored = state
+        .algorithm()
+        .with_context(|| format!("--resume: {}: unreadable run record", path.display()))?;
+    let changed = algo.differences(&stored);
+    if !changed.is_empty() {
+        bail!(
+            "--resume: {} was written by a run with another configuration ({}); use another --out",
+            path.display(),
+            changed.join(", ")
+        );
+    }
+    checkpoint::restore(&path, &map, &state, method, opt)?;
+    *scaler = state.scaler.clone();
+    if share.rank == 0 {
+        eprintln!(
+            "pretrain: resumed from {} (step {})",
+            path.display(),
+            state.step
+        );
+    }
+    Ok(state.step)
+}
