@@ -187,3 +187,22 @@ fn simclr_steps_match_pytorch_in_f64_and_catch_planted_faults() {
         ],
     );
 }
+
+#[test]
+fn byol_steps_match_pytorch_in_f64_and_catch_planted_faults() {
+    parity(
+        "byol",
+        "byol_reference.py",
+        1,
+        vec![
+            (
+                "target updated before the step",
+                Plant::Code(trainer::methods::byol::EMA_BEFORE_STEP),
+            ),
+            (
+                "a constant τ",
+                Plant::Config(|c| c.momentum_schedule = MomentumSchedule::Constant),
+            ),
+        ],
+    );
+}

@@ -29,6 +29,7 @@ methods! {
     moco: [MOCOV2, MOCOV1],
     mocov3: [MOCOV3],
     simclr: [SIMCLR],
+    byol: [BYOL],
 }
 
 /// A method as the registry holds it.

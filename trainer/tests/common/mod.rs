@@ -104,7 +104,7 @@ pub fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// The methods of `pretrain --method` besides the default.
-pub const OTHER_METHODS: &[&str] = &["mocov1", "mocov3", "simclr"];
+pub const OTHER_METHODS: &[&str] = &["mocov1", "mocov3", "simclr", "byol"];
 
 /// [`pretrain_args`] for `method`, with narrow heads (64 hidden, 32 out) so that the small runs
 /// stay fast; methods without a queue get no `--queue-size`.

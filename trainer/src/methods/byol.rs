@@ -1,0 +1,187 @@
+//! BYOL (Grill et al. 2020): an online network (encoder, projector, predictor) regresses the
+//! normalised projection of a target network, an exponential moving average of it updated after
+//! each optimizer step with τ rising from its base to 1 on a cosine; no negatives; LARS.
+//!
+//! The published augmentations are asymmetric (blur always on one view and rarely on the other,
+//! solarisation on one): this project's pipeline draws both views alike, so BYOL runs on its
+//! symmetric part here (crop (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2,
+//! blur with p 0.5, flip).
+
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
+use models::{Arch, MlpShape, ResNetDesc};
+use models_tch::ResNet;
+use tch::Tensor;
+
+use super::parts::{named, Online, Target};
+use super::{Entry, Loss, Method, StepCtx};
+use crate::augment::AugConfig;
+use crate::config::{MethodConfig, Recipe};
+use crate::dist::Dist;
+use crate::faults::{planted, Fault};
+use crate::loss::normalize;
+use crate::optim::{MomentumSchedule, OptimizerKind};
+
+/// Planted fault: the target updated before the online network's optimizer step.
+pub const EMA_BEFORE_STEP: Fault = "byol ema before step";
+
+pub const BYOL: Entry = Entry {
+    name: "byol",
+    about: "BYOL: predictor on the online network, EMA target, no negatives, LARS",
+    recipe,
+    augmentation,
+    config,
+    build: |cfg, b| {
+        let desc = ResNetDesc::new(b.arch);
+        let online = Online::new(cfg, &desc, b.device, b.bn_splits);
+        let target = Target::follow(&online, cfg, &desc, b.bn_splits, b.bn_splits);
+        Ok(Box::new(Byol {
+            cfg: cfg.clone(),
+            online,
+            target,
+        }))
+    },
+};
+
+/// BYOL's recipe: LARS, lr 0.2 (× batch/256), wd 1.5e-6, τ 0.996, MLPs 4096 wide with 256-d
+/// outputs; BatchNorm over the whole batch.
+fn recipe(_: Arch) -> Recipe {
+    Recipe {
+        optimizer: Some(OptimizerKind::Lars),
+        lr: Some(0.2),
+        weight_decay: Some(1.5e-6),
+        optim_momentum: Some(0.9),
+        momentum: Some(0.996),
+        bn_splits: Some(1),
+        proj_dim: Some(256),
+        mlp_hidden: Some(4096),
+        ..Recipe::default()
+    }
+}
+
+fn augmentation(size: u32) -> AugConfig {
+    AugConfig {
+        scale: (0.08, 1.0),
+        jitter: (0.4, 0.4, 0.2, 0.1),
+        ..AugConfig::mocov2(size)
+    }
+}
+
+fn config(r: &Recipe, arch: Arch) -> Result<MethodConfig> {
+    for (given, flag) in [
+        (r.queue_size.is_some(), "--queue-size"),
+        (r.temperature.is_some(), "--temperature"),
+        (r.head_bn.is_some(), "--head-bn"),
+    ] {
+        if given {
+            bail!("{flag}: byol has no queue, no temperature and a projector with BatchNorm");
+        }
+    }
+    let hidden = match r.mlp_hidden.unwrap_or(0) {
+        0 => ResNetDesc::new(arch).feature_dim,
+        h => h,
+    };
+    // BYOL's MLPs: Linear, BatchNorm1d, ReLU, Linear (with biases), for both heads.
+    let mlp = MlpShape {
+        layers: 2,
+        hidden,
+        out: r.proj_dim.unwrap_or(256),
+        bias: true,
+        hidden_norm: true,
+        out_norm: false,
+    };
+    Ok(MethodConfig {
+        name: "byol".into(),
+        temperature: 0.0,
+        momentum: r.momentum.unwrap_or(0.996),
+        momentum_schedule: MomentumSchedule::Cosine,
+        queue_size: 0,
+        symmetric: true,
+        projector: mlp,
+        predictor: Some(mlp),
+    })
+}
+
+/// BYOL's loss for one direction: ‖p̄ − z̄‖² = 2 − 2·cos(p, z) per sample, averaged over the
+/// batch.
+pub fn byol_regression(p: &Tensor, z: &Tensor) -> Tensor {
+    let cos = (normalize(p) * normalize(z)).sum_dim_intlist(&[1i64][..], false, p.kind());
+    (cos * -2.0 + 2.0).mean(p.kind())
+}
+
+pub struct Byol {
+    cfg: MethodConfig,
+    online: Online,
+    target: Target,
+}
+
+impl Byol {
+    fn tau(&self, ctx: &StepCtx) -> f64 {
+        self.cfg
+            .momentum_schedule
+            .at(self.cfg.momentum, ctx.step, ctx.total_steps)
+    }
+}
+
+impl Method for Byol {
+    fn loss(&mut self, x1: &Tensor, x2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
+        if planted(EMA_BEFORE_STEP) {
+            self.target.update(self.tau(ctx));
+        }
+        let p1 = self
+            .online
+            .predict(&self.online.enc.project(x1, true), true);
+        let p2 = self
+            .online
+            .predict(&self.online.enc.project(x2, true), true);
+        let (t1, t2) = tch::no_grad(|| {
+            (
+                self.target.enc.project(x1, true),
+                self.target.enc.project(x2, true),
+            )
+        });
+        let loss = byol_regression(&p1, &t2) + byol_regression(&p2, &t1);
+        Ok(Loss::local_mean(loss))
+    }
+
+    /// The target follows the online network just updated (BYOL's update order).
+    fn after_step(&mut self, ctx: &StepCtx, _: bool) -> Result<Vec<(&'static str, f64)>> {
+        if !planted(EMA_BEFORE_STEP) {
+            self.target.update(self.tau(ctx));
+        }
+        Ok(Vec::new())
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.online.parameters()
+    }
+
+    fn networks(&self) -> Vec<(String, Tensor)> {
+        named(&[("q", &self.online.vs), ("k", &self.target.vs)])
+    }
+
+    fn backbone(&self) -> &ResNet {
+        &self.online.enc.backbone
+    }
+
+    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
+        self.online.backbone_variables()
+    }
+
+    fn attach(&mut self, _: Rc<Dist>) {
+        // Per-sample loss on each rank's share: the core's gradient average is all it needs.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_regression_is_zero_for_aligned_and_four_for_opposite() {
+        let p = Tensor::from_slice(&[1.0f64, 1.0, 2.0, 0.0]).view([2, 2]);
+        assert!(byol_regression(&p, &(&p * 3.0)).double_value(&[]).abs() < 1e-12);
+        assert!((byol_regression(&p, &-&p).double_value(&[]) - 4.0).abs() < 1e-12);
+    }
+}
