@@ -177,15 +177,13 @@ fn build_method(
     Ok((method, opt))
 }
 
-/// Every variable of the networks and every float state tensor in `kind` (float64 for the check
-/// mode).
+/// Every float variable and state tensor of the method in `kind` (float64 for the check mode);
+/// BatchNorm's `num_batches_tracked` stays int64, as torchvision keeps it.
 pub fn set_kind(method: &dyn Method, kind: Kind) {
-    let state = method
-        .extra_state()
-        .into_iter()
-        .filter(|(_, t)| t.is_floating_point());
-    for (_, t) in method.networks().into_iter().chain(state) {
-        tch::no_grad(|| t.shallow_clone().set_data(&t.to_kind(kind)));
+    for (_, t) in method.networks().into_iter().chain(method.extra_state()) {
+        if t.is_floating_point() {
+            tch::no_grad(|| t.shallow_clone().set_data(&t.to_kind(kind)));
+        }
     }
 }
 
