@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cargo-fuzz over the readers of untrusted files (issue 8): the .pt label reader, the STL-10
+# cargo-fuzz over the readers of untrusted files: the .pt label reader, the STL-10
 # reader, image decoding + eval transform, and the ONNX metadata reader of moco-infer.
 #   bash scripts/fuzz.sh                 every target, 600 s each
 #   bash scripts/fuzz.sh pt_labels 60    one target, 60 s

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long kill test (issue 8): more random SIGKILL points over a longer run than CI's version.
+# The long kill test: more random SIGKILL points over a longer run than CI's version.
 #   KILLS=20 STEPS=40 SEED=1 bash scripts/kill_test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

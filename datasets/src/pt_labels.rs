@@ -441,8 +441,7 @@ pub fn label_tensor_bytes(labels: &[i64]) -> Vec<u8> {
 
 /// Writes `labels` as `torch.save` would, atomically.
 pub fn write_label_tensor(path: &Path, labels: &[i64]) -> Result<(), DataError> {
-    models::weights::write_atomic(path, &label_tensor_bytes(labels))
-        .map_err(|e| DataError::file(path, e))
+    atomic_io::write_atomic(path, &label_tensor_bytes(labels)).map_err(|e| DataError::file(path, e))
 }
 
 pub fn read_label_tensor(path: &Path) -> Result<Vec<i64>, DataError> {

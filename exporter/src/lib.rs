@@ -167,7 +167,7 @@ pub fn export(
         .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
         .unwrap_or_default();
     let bytes = model.encode_to_vec();
-    models::weights::write_atomic(out, &bytes)?;
+    atomic_io::write_atomic(out, &bytes).map_err(models::ModelError::from)?;
     Ok(ExportSummary {
         out: out.display().to_string(),
         arch: ck.desc.arch.name().into(),

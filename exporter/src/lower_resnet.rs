@@ -2,7 +2,7 @@
 //! modules that produce them (`layer2.0.bn1`, `layer2.0`), so a graph viewer reads like the
 //! PyTorch model.
 
-use models::{ConvBn, Linear, ResNetDesc, TensorMap};
+use models::{ConvBn, Linear, Lowering, ResNetDesc, TensorMap};
 
 use crate::fold::fold_conv_bn;
 use crate::onnx_graph::{attr_float, attr_int, attr_ints, GraphBuilder};
@@ -54,6 +54,33 @@ fn relu(g: &mut GraphBuilder, x: &str, out: &str) -> String {
     g.node("Relu", out, &[x], out, vec![])
 }
 
+/// The ONNX side of [`Lowering`]: values are node output names.
+struct OnnxLowering<'a> {
+    g: &'a mut GraphBuilder,
+    map: &'a TensorMap,
+    fold: bool,
+}
+
+impl Lowering for OnnxLowering<'_> {
+    type Value = String;
+
+    fn share(&self, x: &String) -> String {
+        x.clone()
+    }
+
+    fn conv_bn(&mut self, unit: &ConvBn, x: &String) -> String {
+        conv_bn(self.g, unit, self.map, x, self.fold)
+    }
+
+    fn relu(&mut self, x: &String, name: &str) -> String {
+        relu(self.g, x, name)
+    }
+
+    fn add(&mut self, a: &String, b: &String, name: &str) -> String {
+        self.g.node("Add", name, &[a, b], name, vec![])
+    }
+}
+
 /// Emits the backbone from `x` (normalised image) to pooled `features` [N, D]; returns its name.
 pub fn lower_backbone(
     g: &mut GraphBuilder,
@@ -81,23 +108,11 @@ pub fn lower_backbone(
             attr_ints("pads", &[p, p, p, p]),
         ],
     );
+    let mut onnx = OnnxLowering { g, map, fold };
     for block in desc.stages.iter().flat_map(|s| &s.blocks) {
-        let shortcut = match &block.downsample {
-            Some(d) => conv_bn(g, d, map, &x, fold),
-            None => x.clone(),
-        };
-        let mut y = x.clone();
-        let last = block.convs.len() - 1;
-        for (i, unit) in block.convs.iter().enumerate() {
-            y = conv_bn(g, unit, map, &y, fold);
-            if i != last {
-                y = relu(g, &y, &format!("{}.relu{}", block.name, i + 1));
-            }
-        }
-        let add = format!("{}.add", block.name);
-        let sum = g.node("Add", &add, &[&y, &shortcut], &add, vec![]);
-        x = relu(g, &sum, &block.name);
+        x = block.lower(&mut onnx, &x);
     }
+    let g = onnx.g;
     let pooled = g.node("GlobalAveragePool", "avgpool", &[&x], "avgpool", vec![]);
     g.node(
         "Flatten",

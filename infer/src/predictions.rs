@@ -24,13 +24,13 @@ pub fn render(data: &SplitData, preds: &[Prediction]) -> String {
 
 /// Checks up front that the CSV can be written (before minutes of inference).
 pub fn check_writable(path: &Path) -> Result<PathBuf, InferError> {
-    let dir = models::weights::parent_dir(path);
-    models::weights::check_dir_writable(&dir)
+    let dir = atomic_io::parent_dir(path);
+    atomic_io::check_dir_writable(&dir)
         .map_err(|e| InferError::Usage(format!("--predictions {}: {e}", path.display())))?;
     Ok(dir)
 }
 
 pub fn write(path: &Path, text: &str) -> Result<(), InferError> {
-    models::weights::write_atomic(path, text.as_bytes())
+    atomic_io::write_atomic(path, text.as_bytes())
         .map_err(|e| InferError::Usage(format!("--predictions: {e}")))
 }

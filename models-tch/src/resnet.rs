@@ -1,11 +1,13 @@
 //! `ResNetDesc` lowered to tch: torchvision's forward, over the description's units.
 
+use std::collections::HashMap;
+
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
 use tch::Tensor;
 
 use models::layers::ConvBn;
-use models::resnet::ResNetDesc;
+use models::resnet::{Lowering, ResNetDesc};
 
 use crate::batch_norm::BatchNorm;
 use crate::path_for;
@@ -50,18 +52,39 @@ impl ConvBnModule {
     }
 }
 
-#[derive(Debug)]
-struct BlockModule {
-    convs: Vec<ConvBnModule>,
-    downsample: Option<ConvBnModule>,
-}
-
 /// The backbone up to global average pooling: `forward_t` returns `[N, feature_dim]`.
 #[derive(Debug)]
 pub struct ResNet {
     pub desc: ResNetDesc,
     stem: ConvBnModule,
-    blocks: Vec<BlockModule>,
+    /// Every block unit by its conv's name (`layer1.0.conv1`, `layer2.0.downsample.0`).
+    units: HashMap<String, ConvBnModule>,
+}
+
+/// The libtorch side of [`Lowering`]: values are tensors.
+struct TchLowering<'a> {
+    units: &'a HashMap<String, ConvBnModule>,
+    train: bool,
+}
+
+impl Lowering for TchLowering<'_> {
+    type Value = Tensor;
+
+    fn share(&self, x: &Tensor) -> Tensor {
+        x.shallow_clone()
+    }
+
+    fn conv_bn(&mut self, unit: &ConvBn, x: &Tensor) -> Tensor {
+        self.units[&unit.conv.name].forward_t(x, self.train)
+    }
+
+    fn relu(&mut self, x: &Tensor, _: &str) -> Tensor {
+        x.relu()
+    }
+
+    fn add(&mut self, a: &Tensor, b: &Tensor, _: &str) -> Tensor {
+        a + b
+    }
 }
 
 impl ResNet {
@@ -69,26 +92,18 @@ impl ResNet {
     /// `bn_splits > 1` turns every BatchNorm into MoCo's SplitBatchNorm for training.
     pub fn new(root: &nn::Path, desc: &ResNetDesc, bn_splits: i64) -> Self {
         let stem = ConvBnModule::new(root, &desc.stem.conv_bn, bn_splits);
-        let blocks = desc
-            .stages
-            .iter()
-            .flat_map(|s| &s.blocks)
-            .map(|b| BlockModule {
-                convs: b
-                    .convs
-                    .iter()
-                    .map(|u| ConvBnModule::new(root, u, bn_splits))
-                    .collect(),
-                downsample: b
-                    .downsample
-                    .as_ref()
-                    .map(|u| ConvBnModule::new(root, u, bn_splits)),
-            })
-            .collect();
+        // Created in the description's order, so the random draws land where torchvision's
+        // constructor puts them.
+        let mut units = HashMap::new();
+        for b in desc.stages.iter().flat_map(|s| &s.blocks) {
+            for u in b.convs.iter().chain(&b.downsample) {
+                units.insert(u.conv.name.clone(), ConvBnModule::new(root, u, bn_splits));
+            }
+        }
         ResNet {
             desc: desc.clone(),
             stem,
-            blocks,
+            units,
         }
     }
 
@@ -107,20 +122,12 @@ impl ResNet {
             [1, 1],
             false,
         );
-        for block in &self.blocks {
-            let shortcut = match &block.downsample {
-                Some(d) => d.forward_t(&x, train),
-                None => x.shallow_clone(),
-            };
-            let last = block.convs.len() - 1;
-            let mut y = x;
-            for (i, unit) in block.convs.iter().enumerate() {
-                y = unit.forward_t(&y, train);
-                if i != last {
-                    y = y.relu();
-                }
-            }
-            x = (y + shortcut).relu();
+        let mut l = TchLowering {
+            units: &self.units,
+            train,
+        };
+        for block in self.desc.stages.iter().flat_map(|s| &s.blocks) {
+            x = block.lower(&mut l, &x);
         }
         x
     }

@@ -12,6 +12,8 @@ pub enum ModelError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] atomic_io::WriteError),
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{file}: missing tensor `{name}`")]

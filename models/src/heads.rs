@@ -61,34 +61,24 @@ pub const MOCO_DIM: usize = 128;
 impl MlpHead {
     /// MoCo v2's projector: the plain two-layer MLP, hidden width = the feature width.
     pub fn new(feature_dim: usize, out_dim: usize) -> Self {
-        Self::build(
-            "fc",
-            feature_dim,
-            MlpShape {
-                layers: 2,
-                hidden: feature_dim,
-                out: out_dim,
-                bias: true,
-                hidden_norm: false,
-                out_norm: false,
-            },
-        )
+        Self::two_layer(feature_dim, out_dim, false)
     }
 
     /// The projector with BatchNorm after each linear layer (MoCo v3's shape, with biases).
     pub fn with_norm(feature_dim: usize, out_dim: usize) -> Self {
-        Self::build(
-            "fc",
-            feature_dim,
-            MlpShape {
-                layers: 2,
-                hidden: feature_dim,
-                out: out_dim,
-                bias: true,
-                hidden_norm: true,
-                out_norm: true,
-            },
-        )
+        Self::two_layer(feature_dim, out_dim, true)
+    }
+
+    fn two_layer(feature_dim: usize, out_dim: usize, norm: bool) -> Self {
+        let shape = MlpShape {
+            layers: 2,
+            hidden: feature_dim,
+            out: out_dim,
+            bias: true,
+            hidden_norm: norm,
+            out_norm: norm,
+        };
+        Self::build("fc", feature_dim, shape)
     }
 
     /// One linear layer named `prefix` itself (torchvision's `fc` with `out_dim` classes).

@@ -19,5 +19,5 @@ pub use error::{ModelError, Result};
 pub use heads::{Classifier, ClassifierFile, MlpHead, MlpLayer, MlpShape, MOCO_DIM};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
 pub use preprocess::Preprocess;
-pub use resnet::{Block, ResNetDesc, Stage, Stem};
+pub use resnet::{Block, Lowering, ResNetDesc, Stage, Stem};
 pub use weights::{DType, TensorData, TensorMap};

@@ -17,6 +17,18 @@ pub struct Stem {
     pub pool_padding: usize,
 }
 
+/// The operations a lowering supplies; the description wires them ([`Block::lower`]), so the
+/// residual rule is written once for the training modules and the ONNX graph alike. `name`s are
+/// torchvision's module paths of the result (`layer1.0.relu1`, `layer1.0.add`, `layer1.0`).
+pub trait Lowering {
+    type Value;
+    /// The same value under another handle (the identity shortcut).
+    fn share(&self, x: &Self::Value) -> Self::Value;
+    fn conv_bn(&mut self, unit: &ConvBn, x: &Self::Value) -> Self::Value;
+    fn relu(&mut self, x: &Self::Value, name: &str) -> Self::Value;
+    fn add(&mut self, a: &Self::Value, b: &Self::Value, name: &str) -> Self::Value;
+}
+
 /// A residual block: `relu(main(x) + shortcut(x))`, where `main` is the chain of `convs` with a
 /// ReLU between consecutive units and `shortcut` is `downsample` or the identity.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,6 +39,27 @@ pub struct Block {
     pub convs: Vec<ConvBn>,
     /// `downsample.0` (1×1 conv) and `downsample.1` (BN) when the shape changes.
     pub downsample: Option<ConvBn>,
+}
+
+impl Block {
+    /// torchvision's `BasicBlock`/`Bottleneck.forward`: the convs with a ReLU between
+    /// consecutive units, the shortcut (downsample or identity) added, then a ReLU.
+    pub fn lower<L: Lowering>(&self, l: &mut L, x: &L::Value) -> L::Value {
+        let shortcut = match &self.downsample {
+            Some(d) => l.conv_bn(d, x),
+            None => l.share(x),
+        };
+        let last = self.convs.len() - 1;
+        let mut y = l.share(x);
+        for (i, unit) in self.convs.iter().enumerate() {
+            y = l.conv_bn(unit, &y);
+            if i != last {
+                y = l.relu(&y, &format!("{}.relu{}", self.name, i + 1));
+            }
+        }
+        let sum = l.add(&y, &shortcut, &format!("{}.add", self.name));
+        l.relu(&sum, &self.name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

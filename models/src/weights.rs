@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -188,12 +187,12 @@ impl TensorMap {
     }
 
     /// `save`, reporting the stages of the atomic write (see `write_atomic_with`).
-    pub fn save_with(&self, path: &Path, observe: impl FnMut(WriteStage)) -> Result<()> {
+    pub fn save_with(&self, path: &Path, observe: impl FnMut(atomic_io::WriteStage)) -> Result<()> {
         let bytes = self.to_bytes().map_err(|message| ModelError::Format {
             path: path.to_path_buf(),
             message,
         })?;
-        write_atomic_with(path, &bytes, observe)
+        Ok(atomic_io::write_atomic_with(path, &bytes, observe)?)
     }
 
     /// Checks that every spec is present with its shape and finite values. Tensors beyond the
@@ -242,95 +241,6 @@ impl TensorMap {
             });
         }
         Ok(())
-    }
-}
-
-/// See `write_atomic_with`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, |_| {})
-}
-
-/// Where an atomic write has got to; `write_atomic_with` reports each stage to its observer (the
-/// trainer's crash tests kill the process there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteStage {
-    /// Half of the bytes are in the temp file.
-    Partial,
-    /// The temp file is complete and synced, not yet renamed.
-    Synced,
-    /// The file is in place.
-    Renamed,
-}
-
-/// Temp file, fsync, rename, fsync of the folder: readers see the old file or the new one,
-/// never a torn one.
-pub fn write_atomic_with(
-    path: &Path,
-    bytes: &[u8],
-    mut observe: impl FnMut(WriteStage),
-) -> Result<()> {
-    let io = |error| ModelError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        let half = bytes.len() / 2;
-        f.write_all(&bytes[..half])?;
-        observe(WriteStage::Partial);
-        f.write_all(&bytes[half..])?;
-        f.sync_all()?;
-        observe(WriteStage::Synced);
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        observe(WriteStage::Renamed);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
-/// Checks up front that files can be created in `dir` (before minutes of work that would end
-/// in a failed write).
-pub fn check_dir_writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".moco-probe-{}", std::process::id()));
-    fs::File::create(&probe)?;
-    fs::remove_file(&probe)
-}
-
-/// The folder a file path lands in (`.` for a bare name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Marks the temp files of `write_atomic` (`.NAME.tmp-PID`); a process killed mid-write leaves
-/// one behind, which `remove_stale_temps` clears.
-const TEMP_MARK: &str = ".tmp-";
-
-/// Removes temp files that killed writers left in `dir`.
-pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.contains(TEMP_MARK) {
-            let _ = fs::remove_file(e.path());
-        }
     }
 }
 

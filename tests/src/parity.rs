@@ -12,7 +12,7 @@ use tch::{nn::VarStore, Device, Tensor};
 
 use crate::compare::{check, check_abs, Check};
 
-/// Outputs, within torchvision's: the bound for fp32 on CPU.
+/// Outputs, within torchvision's: fp32 on the CPU, where convolutions sum in another order.
 pub const OUTPUT_TOL: f64 = 1e-4;
 /// Running statistics: tighter, so that a wrong BN momentum cannot hide in the tolerance.
 pub const STATS_TOL: f64 = 1e-5;

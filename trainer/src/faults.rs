@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use models::weights::WriteStage;
+use atomic_io::WriteStage;
 
 pub const ENV: &str = "MOCO_TEST_KILL_AT";
 

@@ -1,5 +1,5 @@
 //! `moco-train feature-maps`: the stem's activations (conv1 → BN → ReLU) of one image as a grid,
-//! each channel min-max scaled to grey levels — the seed's Figure 4.
+//! each channel min-max scaled to grey levels.
 
 use std::path::PathBuf;
 

@@ -1,8 +1,8 @@
 //! `moco-train label-request`: which unlabeled images to send for labeling. Each strategy ranks
-//! the whole unlabeled split from frozen features in one pass (the seed ran 40 sub-pretrainings to
-//! score images by contrastive loss; here that score is one forward of two aug+ views per image).
-//! The request is a ranked CSV; the predicted class balance of the request is printed, because
-//! the seed traced its failure to an unbalanced request.
+//! the whole unlabeled split from frozen features in one pass (the contrastive score is one
+//! forward of two aug+ views per image, not a pretraining run per candidate). The request is a
+//! ranked CSV; its predicted class balance is printed, because an unbalanced request starves
+//! the classes it leaves out.
 
 use std::path::PathBuf;
 
@@ -225,7 +225,7 @@ impl LabelRequestConfig {
         if self.k == 0 || self.batch_size == 0 || self.contrastive.negatives == 0 {
             bail!("--k, --batch-size and --negatives must be at least 1");
         }
-        models::weights::check_dir_writable(&models::weights::parent_dir(&self.out))
+        atomic_io::check_dir_writable(&atomic_io::parent_dir(&self.out))
             .with_context(|| format!("--out {}: not writable", self.out.display()))
     }
 }
@@ -360,7 +360,7 @@ fn write_request(
             conf[i]
         ));
     }
-    models::weights::write_atomic(&c.out, csv.as_bytes())?;
+    atomic_io::write_atomic(&c.out, csv.as_bytes())?;
     Ok(counts)
 }
 

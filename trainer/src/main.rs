@@ -118,7 +118,7 @@ impl MethodsArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Self-supervised pretraining: MoCo v2 (default), MoCo v1/v3, SimCLR or BYOL.
-    Pretrain(PretrainArgs),
+    Pretrain(Box<PretrainArgs>),
     /// The pretraining methods and the recipe each fills the unset flags with.
     Methods(MethodsArgs),
     /// Linear evaluation of a frozen backbone (or fine-tuning with --finetune).
@@ -132,7 +132,7 @@ enum Command {
     MergeLabels(merge_labels::MergeLabelsArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
     PreviewAugment(preview::PreviewArgs),
-    /// conv1 activations of one image as a grid (the seed's Figure 4).
+    /// conv1 activations of one image as a grid.
     FeatureMaps(feature_maps::FeatureMapsArgs),
     /// Loss, lr and kNN curves of a run as a PNG.
     Plot(PlotArgs),

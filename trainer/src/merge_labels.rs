@@ -1,6 +1,6 @@
 //! `moco-train merge-labels`: a new dataset root = the old one plus the returned labels of a
 //! label request, in the old root's layout. Competition: the images are appended to `train/` with
-//! numbers continuing after the last (the seed's 25600…) and `train_label_tensor.pt` is extended
+//! numbers continuing after the last (25600, … for the competition's train split) and `train_label_tensor.pt` is extended
 //! (torch.load reads it). Folder: the images are copied into their class folders. STL-10: the
 //! records are appended to `train_X.bin` / `train_y.bin`. The input root is never written to: the
 //! new root is built in a temp folder beside `--out` and renamed at the end; unchanged files are
@@ -197,7 +197,7 @@ fn mirror(src: &Path, dst: &Path, copy: bool, bar: &indicatif::ProgressBar) -> R
 /// first, so the input is never written through it.
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     let _ = fs::remove_file(path);
-    models::weights::write_atomic(path, bytes)?;
+    atomic_io::write_atomic(path, bytes)?;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ pub fn run(a: &MergeLabelsArgs) -> Result<Value> {
             a.out.display()
         );
     }
-    let parent = models::weights::parent_dir(&a.out);
+    let parent = atomic_io::parent_dir(&a.out);
     let parent = parent
         .canonicalize()
         .with_context(|| format!("--out {}: its folder does not exist", a.out.display()))?;

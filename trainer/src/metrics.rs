@@ -35,7 +35,7 @@ impl MetricsLog {
         if !text.is_empty() {
             text.push('\n');
         }
-        models::weights::write_atomic(path, text.as_bytes()).with_context(ctx)?;
+        atomic_io::write_atomic(path, text.as_bytes()).with_context(ctx)?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)

@@ -25,7 +25,7 @@ fn save_png(img: &RgbImage, out: &Path) -> Result<()> {
         image::ImageFormat::Png,
     )
     .context("encoding PNG")?;
-    models::weights::write_atomic(out, &bytes)?;
+    atomic_io::write_atomic(out, &bytes)?;
     Ok(())
 }
 
@@ -159,7 +159,7 @@ fn one(data: Series, color: RGBColor) -> Vec<Curve> {
     }]
 }
 
-/// Loss, lr and (when measured) kNN top-1 against the step, side by side: the seed's Figure 3.
+/// Loss, lr and (when measured) kNN top-1 against the step, side by side.
 /// `floor`: a random-init kNN accuracy drawn as a reference line.
 pub fn curves_with_floor(metrics: &Path, out: &Path, floor: Option<f64>) -> Result<()> {
     let records = crate::metrics::read(metrics)?;

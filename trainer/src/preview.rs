@@ -1,4 +1,4 @@
-//! `moco-train preview-augment`: originals beside their two aug+ views (the seed's Figure 2).
+//! `moco-train preview-augment`: originals beside their two aug+ views.
 
 use std::path::PathBuf;
 

@@ -74,7 +74,7 @@ pub struct Jitter {
     pub hue: f32,
 }
 
-/// Strength of each augmentation; `mocov2()` is the seed's aug+, `linear()` the linear-eval train
+/// Strength of each augmentation; `mocov2()` is MoCo v2's aug+, `linear()` the linear-eval train
 /// transform (RandomResizedCrop with torchvision's default scale, and flip).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AugConfig {

@@ -138,7 +138,7 @@ fn write_predictions(val: &DecodedSplit, logits: &Tensor, path: &Path) -> Result
             val.labels[i],
         ));
     }
-    models::weights::write_atomic(path, csv.as_bytes())?;
+    atomic_io::write_atomic(path, csv.as_bytes())?;
     Ok(())
 }
 
@@ -153,7 +153,7 @@ pub fn run(c: &LinearConfig) -> Result<Value> {
     let before = digest(&backbone.vs);
     let config = json!({"command": "linear", "config": c, "arch": backbone.arch.name(),
         "classes": classes, "preprocess": models::Preprocess::default()});
-    models::weights::write_atomic(
+    atomic_io::write_atomic(
         &c.out.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;

@@ -9,9 +9,8 @@
 
 use std::rc::Rc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
-use models_tch::ResNet;
 use tch::Tensor;
 
 use super::parts::{named, Online, Target};
@@ -69,19 +68,17 @@ fn augmentation(size: u32) -> AugConfig {
 }
 
 fn config(r: &Recipe, arch: Arch) -> Result<MethodConfig> {
-    for (given, flag) in [
+    let given = [
         (r.queue_size.is_some(), "--queue-size"),
         (r.temperature.is_some(), "--temperature"),
         (r.head_bn.is_some(), "--head-bn"),
-    ] {
-        if given {
-            bail!("{flag}: byol has no queue, no temperature and a projector with BatchNorm");
-        }
-    }
-    let hidden = match r.mlp_hidden.unwrap_or(0) {
-        0 => ResNetDesc::new(arch).feature_dim,
-        h => h,
-    };
+    ];
+    super::refuse(
+        "byol",
+        &given,
+        "has no queue, no temperature and a projector with BatchNorm",
+    )?;
+    let hidden = super::hidden_width(r, arch);
     // BYOL's MLPs: Linear, BatchNorm1d, ReLU, Linear (with biases), for both heads.
     let mlp = MlpShape {
         layers: 2,
@@ -153,20 +150,12 @@ impl Method for Byol {
         Ok(Vec::new())
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.online.parameters()
+    fn online(&self) -> &Online {
+        &self.online
     }
 
     fn networks(&self) -> Vec<(String, Tensor)> {
         named(&[("q", &self.online.vs), ("k", &self.target.vs)])
-    }
-
-    fn backbone(&self) -> &ResNet {
-        &self.online.enc.backbone
-    }
-
-    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
-        self.online.backbone_variables()
     }
 
     fn attach(&mut self, _: Rc<Dist>) {

@@ -8,7 +8,6 @@ use std::rc::Rc;
 
 use anyhow::{bail, Result};
 use models::{Arch, MlpShape, ResNetDesc, MOCO_DIM};
-use models_tch::ResNet;
 use tch::{Kind, Tensor};
 
 use super::parts::{named, Online, Target};
@@ -94,11 +93,7 @@ fn moco_config(r: &Recipe, arch: Arch, linear: bool) -> Result<MethodConfig> {
     let need = |v: Option<f64>, flag: &str| -> Result<f64> {
         v.ok_or_else(|| anyhow::anyhow!("{flag}: no value"))
     };
-    let feature_dim = ResNetDesc::new(arch).feature_dim;
-    let hidden = match r.mlp_hidden.unwrap_or(0) {
-        0 => feature_dim,
-        h => h,
-    };
+    let hidden = super::hidden_width(r, arch);
     let head_bn = r.head_bn.unwrap_or(false);
     let out = r.proj_dim.unwrap_or(MOCO_DIM);
     if linear && head_bn {
@@ -318,8 +313,8 @@ impl Method for Moco {
         Ok(fields)
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.q.parameters()
+    fn online(&self) -> &Online {
+        &self.q
     }
 
     fn networks(&self) -> Vec<(String, Tensor)> {
@@ -331,14 +326,6 @@ impl Method for Moco {
             ("queue".into(), self.queue.shallow_clone()),
             ("queue_ptr".into(), self.queue_ptr.shallow_clone()),
         ]
-    }
-
-    fn backbone(&self) -> &ResNet {
-        &self.q.enc.backbone
-    }
-
-    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
-        self.q.backbone_variables()
     }
 
     fn attach(&mut self, dist: Rc<Dist>) {

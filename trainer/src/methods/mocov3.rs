@@ -8,9 +8,8 @@
 
 use std::rc::Rc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
-use models_tch::ResNet;
 use tch::{Kind, Tensor};
 
 use super::parts::{named, Online, Target};
@@ -63,16 +62,13 @@ fn recipe(_: Arch) -> Recipe {
 }
 
 fn config(r: &Recipe, arch: Arch) -> Result<MethodConfig> {
-    if r.queue_size.is_some() {
-        bail!("--queue-size: mocov3 takes its negatives from the batch; it has no queue");
-    }
-    if r.head_bn.is_some() {
-        bail!("--head-bn: mocov3's projector has BatchNorm already");
-    }
-    let hidden = match r.mlp_hidden.unwrap_or(0) {
-        0 => ResNetDesc::new(arch).feature_dim,
-        h => h,
-    };
+    let given = [(r.queue_size.is_some(), "--queue-size"), (r.head_bn.is_some(), "--head-bn")];
+    super::refuse(
+        "mocov3",
+        &given,
+        "takes its negatives from the batch (no queue) and has BatchNorm in its projector",
+    )?;
+    let hidden = super::hidden_width(r, arch);
     let out = r.proj_dim.unwrap_or(256);
     // `_build_mlp`: Linear without bias, BatchNorm1d, ReLU …; the projector ends in a BatchNorm
     // without affine, the predictor does not.
@@ -147,20 +143,12 @@ impl Method for MocoV3 {
         Ok(Vec::new())
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.q.parameters()
+    fn online(&self) -> &Online {
+        &self.q
     }
 
     fn networks(&self) -> Vec<(String, Tensor)> {
         named(&[("q", &self.q.vs), ("k", &self.k.vs)])
-    }
-
-    fn backbone(&self) -> &ResNet {
-        &self.q.enc.backbone
-    }
-
-    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
-        self.q.backbone_variables()
     }
 
     fn attach(&mut self, dist: Rc<Dist>) {

@@ -68,6 +68,22 @@ pub fn find(name: &str) -> Result<&'static Entry> {
     }
 }
 
+/// Refuses the flags that were given (`(given, flag)`) but mean nothing to `method`, saying why.
+pub fn refuse(method: &str, flags: &[(bool, &str)], why: &str) -> Result<()> {
+    match flags.iter().find(|(given, _)| *given) {
+        Some((_, flag)) => bail!("{flag}: {method} {why}"),
+        None => Ok(()),
+    }
+}
+
+/// The MLPs' hidden width: `--mlp-hidden`, 0 (or unset) meaning the backbone's feature width.
+pub fn hidden_width(r: &Recipe, arch: Arch) -> usize {
+    match r.mlp_hidden.unwrap_or(0) {
+        0 => models::ResNetDesc::new(arch).feature_dim,
+        h => h,
+    }
+}
+
 pub fn names() -> impl Iterator<Item = &'static str> {
     REGISTRY.iter().map(|e| e.name)
 }
@@ -109,8 +125,13 @@ pub trait Method {
     /// for this step's log line.
     fn after_step(&mut self, ctx: &StepCtx, log: bool) -> Result<Vec<(&'static str, f64)>>;
 
+    /// The network that is trained (its backbone is the one evaluated and exported).
+    fn online(&self) -> &parts::Online;
+
     /// Trainable parameters, sorted by name: what the optimizer steps.
-    fn parameters(&self) -> Vec<(String, Tensor)>;
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.online().parameters()
+    }
 
     /// Every variable of its networks (parameters and BatchNorm buffers) under a unique name:
     /// checkpoints, the first broadcast over ranks, buffer averaging, the float kind, layout.
@@ -123,10 +144,14 @@ pub trait Method {
     }
 
     /// The backbone that is evaluated and exported.
-    fn backbone(&self) -> &ResNet;
+    fn backbone(&self) -> &ResNet {
+        &self.online().enc.backbone
+    }
 
     /// The exported backbone's variables, torchvision names (`encoder.safetensors`).
-    fn backbone_variables(&self) -> Vec<(String, Tensor)>;
+    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
+        self.online().backbone_variables()
+    }
 
     /// Joins a process group (keys or embeddings gathered over ranks).
     fn attach(&mut self, dist: Rc<Dist>);

@@ -13,7 +13,6 @@ use std::rc::Rc;
 
 use anyhow::{bail, Result};
 use models::{Arch, MlpShape, ResNetDesc};
-use models_tch::ResNet;
 use tch::{Kind, Tensor};
 
 use super::parts::{named, Online};
@@ -134,20 +133,12 @@ impl Method for SimClr {
         Ok(Vec::new())
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.q.parameters()
+    fn online(&self) -> &Online {
+        &self.q
     }
 
     fn networks(&self) -> Vec<(String, Tensor)> {
         named(&[("q", &self.q.vs)])
-    }
-
-    fn backbone(&self) -> &ResNet {
-        &self.q.enc.backbone
-    }
-
-    fn backbone_variables(&self) -> Vec<(String, Tensor)> {
-        self.q.backbone_variables()
     }
 
     fn attach(&mut self, dist: Rc<Dist>) {

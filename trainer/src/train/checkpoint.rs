@@ -137,7 +137,7 @@ pub fn read(path: &Path) -> Result<(TensorMap, State)> {
 /// The newest checkpoint that reads and verifies; corrupt ones are reported and skipped. Temp
 /// files of a writer that was killed are removed first.
 pub fn latest_good(run: &Path) -> Option<(PathBuf, TensorMap, State)> {
-    models::weights::remove_stale_temps(&dir(run));
+    atomic_io::remove_stale_temps(&dir(run));
     for path in list(run) {
         match read(&path) {
             Ok((map, state)) => return Some((path, map, state)),

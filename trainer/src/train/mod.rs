@@ -80,7 +80,7 @@ fn check_device(cfg: &PretrainConfig, device: Device) -> Result<()> {
 fn check_writable(out: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("--out {}: cannot create", out.display()))?;
-    models::weights::check_dir_writable(out)
+    atomic_io::check_dir_writable(out)
         .with_context(|| format!("--out {}: not writable", out.display()))
 }
 
@@ -299,7 +299,7 @@ impl Trainer {
         let log = if lead {
             let text =
                 serde_json::to_string_pretty(&config_json(cfg, &algo, device, dist.as_deref()))?;
-            models::weights::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
+            atomic_io::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
             Some(MetricsLog::open(
                 &cfg.run.out.join("metrics.jsonl"),
                 Some(start),
