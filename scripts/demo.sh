@@ -6,6 +6,7 @@
 #   OUT=DIR       where everything goes (runs/demo)
 #   STEPS=N       pretraining steps (450 of 64-pixel views: about 9½ minutes on 2 CPU cores, kNN included)
 #   BATCH, QUEUE, LR, BN_SPLITS, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
+#   KNN_EVERY=N   pretraining's kNN monitor every N epochs (2; the curve's points against the floor)
 #   PRETRAIN_FLAGS="..."  pretrain flags ("--crop 64 --head-bn"; e.g. add --no-crop)
 #   LINEAR_FLAGS="..."    flags of both linear runs, floor and pretrained ("--standardize")
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-runs/demo}"
 STEPS="${STEPS:-450}"; BATCH="${BATCH:-64}"; QUEUE="${QUEUE:-1024}"; LR="${LR:-0.24}"; BN_SPLITS="${BN_SPLITS:-2}"
 ARCH="${ARCH:-resnet18}"; THREADS="${THREADS:-2}"; DEVICE="${DEVICE:-auto}"
-LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"; SEED="${SEED:-0}"
+LINEAR_EPOCHS="${LINEAR_EPOCHS:-100}"; SEED="${SEED:-0}"; KNN_EVERY="${KNN_EVERY:-2}"
 read -r -a extra <<< "${PRETRAIN_FLAGS---crop 64 --head-bn}"
 read -r -a lin_extra <<< "${LINEAR_FLAGS---standardize}"
 train=target/release/moco-train
@@ -34,14 +35,14 @@ say "data: $DATA"
 $train preview-augment --data "$DATA" --out "$out/augment.png" --n 8 --json >/dev/null
 common=(--data "$DATA" --threads "$THREADS" --device "$DEVICE" --seed "$SEED" --json)
 
-say "random-init floor (kNN and linear on frozen random features)"
-knn_floor=$($train knn --random-init --arch "$ARCH" "${common[@]}" | last)
-lin_floor=$($train linear --random-init --arch "$ARCH" --out "$out/linear-random" --fast \
+say "random-init floor (kNN and linear on frozen random features, one pass over the data)"
+lin_floor=$($train linear --random-init --arch "$ARCH" --out "$out/linear-random" --fast --knn \
   --epochs "$LINEAR_EPOCHS" --quiet "${lin_extra[@]}" "${common[@]}" | last)
+knn_floor=$(python3 -c "import json,sys; print(json.dumps({'top1': json.loads(sys.argv[1])['knn_top1']}))" "$lin_floor")
 
 say "pretraining: $ARCH, $STEPS steps of batch $BATCH (progress: $out/pretrain/metrics.jsonl)"
 pre=$($train pretrain --out "$out/pretrain" --arch "$ARCH" --steps "$STEPS" --batch-size "$BATCH" \
-  --queue-size "$QUEUE" --lr "$LR" --bn-splits "$BN_SPLITS" --knn-every 1 --checkpoint-every 100 --resume \
+  --queue-size "$QUEUE" --lr "$LR" --bn-splits "$BN_SPLITS" --knn-every "$KNN_EVERY" --checkpoint-every 100 --resume \
   "${extra[@]}" "${common[@]}" | last)
 # pretrain's own final kNN (same k, T, bank and query as `knn`): no second pass over the data,
 # unless a resumed, already finished run had nothing to measure.

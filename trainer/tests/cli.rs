@@ -435,6 +435,37 @@ fn knn_and_linear_on_a_random_init_report_json() {
     assert!(csv.starts_with("image,prediction,label\n"));
     let map = models::TensorMap::load(&o.join("classifier.safetensors")).unwrap();
     assert_eq!(map.tensors["fc.weight"].shape, vec![3, 512]);
+
+    // `linear --fast --knn`: the kNN of its cached features is the `knn` command's number.
+    let o2 = tmp.path().join("lin-knn");
+    let out = run(&[
+        "linear",
+        "--random-init",
+        "--arch",
+        "resnet18",
+        "--data",
+        &d,
+        "--out",
+        o2.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--fast",
+        "--knn",
+        "--json",
+        "--threads",
+        "1",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["knn_top1"].as_f64(), Some(top1), "{v}");
 }
 
 /// The augmentation switches and the projector BatchNorm reach the run: what `config.json`

@@ -61,6 +61,10 @@ pub struct LinearArgs {
     /// affine before the classifier, folded into the saved fc).
     #[arg(long, conflicts_with = "finetune")]
     pub standardize: bool,
+    /// Also report weighted kNN top-1/top-5 (k 200, T 0.1, as `knn`) of the cached features
+    /// (with --fast): no second pass over the data.
+    #[arg(long, requires = "fast")]
+    pub knn: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -120,6 +124,7 @@ impl LinearArgs {
                 _ => ProbeMode::Augmented,
             },
             standardize: self.standardize,
+            knn: self.knn.then_some((200, 0.1)),
             seed: self.seed,
             progress: !self.quiet && !self.json,
         })

@@ -63,6 +63,9 @@ pub struct LinearConfig {
     pub mode: ProbeMode,
     /// Standardise each feature with the train split's mean and std (folded into the saved fc).
     pub standardize: bool,
+    /// Also the weighted kNN accuracy (k, T) of the cached frozen features (fast mode): the
+    /// `knn` command's number without a second pass over the data.
+    pub knn: Option<(usize, f64)>,
     pub seed: u64,
     pub progress: bool,
 }
@@ -74,6 +77,9 @@ impl LinearConfig {
         }
         if self.standardize && matches!(self.mode, ProbeMode::Finetune { .. }) {
             bail!("--standardize: a probe on frozen features (not with --finetune)");
+        }
+        if self.knn.is_some() && self.mode != ProbeMode::Fast {
+            bail!("--knn: reported from the cached features of --fast");
         }
         Ok(())
     }
@@ -171,6 +177,15 @@ pub fn run(c: &LinearConfig) -> Result<Value> {
         &c.out.join("val_predictions.csv"),
     )?;
     let (last, best) = (outcome.last, outcome.best);
+    if let Some(k) = &outcome.knn {
+        eprintln!(
+            "linear: kNN (k={}, T={}) top-1 {:.2} % top-5 {:.2} %",
+            c.knn.map_or(0, |k| k.0),
+            c.knn.map_or(0.0, |k| k.1),
+            100.0 * k.top1,
+            100.0 * k.top5
+        );
+    }
     eprintln!(
         "linear: val top-1 {:.2} % top-5 {:.2} % (best {:.2} % at epoch {}) → {}",
         100.0 * last.0,
@@ -184,5 +199,7 @@ pub fn run(c: &LinearConfig) -> Result<Value> {
         "n": val.n, "epochs": c.epochs,
         "classifier": c.out.join("classifier.safetensors").display().to_string(),
         "seconds": outcome.seconds,
+        "knn_top1": outcome.knn.as_ref().map(|k| k.top1),
+        "knn_top5": outcome.knn.as_ref().map(|k| k.top5),
     }))
 }

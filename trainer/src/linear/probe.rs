@@ -28,6 +28,8 @@ pub struct Outcome {
     pub best: (f64, f64, usize),
     pub last_logits: Tensor,
     pub seconds: f64,
+    /// kNN of the cached features, when asked for.
+    pub knn: Option<crate::knn::KnnResult>,
 }
 
 /// Where the train features of a batch come from.
@@ -170,6 +172,18 @@ pub fn train(
         features::labels(val, device),
     );
     let src = feature_source(c, backbone, (train, val), device);
+    let knn = match (c.knn, &src.cached_train, &src.cached_val) {
+        (Some((k, t)), Some(ft), Some(fv)) => Some(crate::knn::classify(
+            ft,
+            &train_labels,
+            fv,
+            &val_labels,
+            classes.len(),
+            k,
+            t,
+        )?),
+        _ => None,
+    };
     let mut log = MetricsLog::open(&c.out.join("metrics.jsonl"), None)?;
     let bar = crate::progress::bar(c.epochs as u64, "linear", c.progress);
     let t0 = Instant::now();
@@ -239,5 +253,6 @@ pub fn train(
         best,
         last_logits,
         seconds: t0.elapsed().as_secs_f64(),
+        knn,
     })
 }
