@@ -139,6 +139,23 @@ impl DataSource {
             .clone()
             .unwrap_or_else(crate::data::default_cache_dir)
     }
+
+    /// One split, decoded into (or read from) its store.
+    pub fn open(&self, split: Split, progress: bool) -> Result<crate::data::DecodedSplit> {
+        let cache = self.cache_dir();
+        let splits = crate::data::open_splits(
+            &self.root,
+            &[split],
+            self.format,
+            self.size,
+            &cache,
+            progress,
+        )?;
+        Ok(splits
+            .into_iter()
+            .next()
+            .expect("one split asked, one opened"))
+    }
 }
 
 /// Where a command's network runs.

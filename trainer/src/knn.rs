@@ -139,7 +139,7 @@ pub fn run(c: &KnnConfig) -> Result<serde_json::Value> {
         bail!("--k must be at least 1");
     }
     let backbone = c.encoder.load(device)?;
-    let open = |s| crate::data::open_one(&c.data, s, c.progress);
+    let open = |s| c.data.open(s, c.progress);
     let (bank, query) = (open(c.bank)?, open(c.query)?);
     for (s, flag) in [(&bank, "--bank-split"), (&query, "--query-split")] {
         if !s.is_labeled() {

@@ -232,7 +232,7 @@ impl LabelRequestConfig {
 
 /// The pool and the labeled split.
 fn open_splits(c: &LabelRequestConfig) -> Result<(DecodedSplit, DecodedSplit)> {
-    let open = |s: Split| crate::data::open_one(&c.data, s, c.progress);
+    let open = |s: Split| c.data.open(s, c.progress);
     let (pool, labeled) = (open(c.pool)?, open(c.labeled)?);
     if !labeled.is_labeled() {
         bail!(

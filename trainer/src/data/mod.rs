@@ -29,24 +29,6 @@ pub fn open_splits(
         .collect()
 }
 
-/// One split of `source`, decoded into (or read from) its store.
-pub fn open_one(
-    source: &crate::config::DataSource,
-    split: Split,
-    progress: bool,
-) -> Result<DecodedSplit> {
-    let cache = source.cache_dir();
-    Ok(open_splits(
-        &source.root,
-        &[split],
-        source.format,
-        source.size,
-        &cache,
-        progress,
-    )?
-    .remove(0))
-}
-
 /// `--splits unlabeled,train` → the splits, in order, without repeats.
 pub fn parse_splits(s: &str) -> std::result::Result<Vec<Split>, String> {
     let mut out = Vec::new();

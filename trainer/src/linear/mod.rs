@@ -111,7 +111,7 @@ fn save_classifier(fc: &(Tensor, Tensor), classes: &[String], path: &Path) -> Re
 /// The train and val splits, both labeled with the same classes.
 fn open_splits(c: &LinearConfig) -> Result<(DecodedSplit, DecodedSplit)> {
     let open = |s: Split, flag: &str| -> Result<DecodedSplit> {
-        let d = crate::data::open_one(&c.data, s, c.progress)?;
+        let d = c.data.open(s, c.progress)?;
         if !d.is_labeled() {
             bail!(
                 "{flag} {}: {} has no labels",
