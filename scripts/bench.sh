@@ -21,8 +21,8 @@ THREADS="${THREADS:-2}"
 LIMIT="${LIMIT:-0}"
 out=runs/bench; mkdir -p "$out"
 [ -d "$DATA/val" ] || { echo "bench: $DATA/val not found (set DATA=...)" >&2; exit 1; }
-cargo build --release -q -p moco-exporter -p moco-infer
-cargo build --release -q -p moco-trainer
+# The workspace build (`make build`): per-package builds would unify other features and rebuild.
+cargo build --release -q --workspace --bins
 py=.venv/bin/python3
 
 weights() { # arch dir: torchvision-initialised weights with calibrated BN statistics
@@ -128,15 +128,20 @@ print(f"| moco-train: decoded store + batched aug+ on tch, 2 threads | {r:.0f} |
 PY
   ;;
 train)
-  STEPS="${STEPS:-40}"
+  # RECIPE: flags both trainers take (e.g. "--crop 64 --head-bn" with BN_SPLITS=2, the demo's).
+  STEPS="${STEPS:-40}"; BN_SPLITS="${BN_SPLITS:-8}"; RECIPE="${RECIPE:-}"
   export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"
   : > "$out/train.jsonl"
   for rep in $(seq "$REPS"); do
     rm -rf "$out/train-rust" "$out/train-py"
+    # shellcheck disable=SC2086
     target/release/moco-train pretrain --data "$DATA" --out "$out/train-rust" --steps "$STEPS" --batch-size 64 \
-      --queue-size 1024 --bn-splits 8 --log-every 10 --no-knn --threads "$THREADS" --quiet --json >/dev/null
+      --queue-size 1024 --bn-splits "$BN_SPLITS" --log-every 10 --no-knn --threads "$THREADS" --quiet --json \
+      $RECIPE >/dev/null
+    # shellcheck disable=SC2086
     $py tests/python/moco_train.py --data "$DATA" --out "$out/train-py" --steps "$STEPS" --batch-size 64 \
-      --queue-size 1024 --bn-splits 8 --log-every 10 --no-knn --threads "$THREADS" --workers "$THREADS" >/dev/null
+      --queue-size 1024 --bn-splits "$BN_SPLITS" --log-every 10 --no-knn --threads "$THREADS" --workers "$THREADS" \
+      $RECIPE >/dev/null
     # Steady state: the logged intervals after the first (warm-up, store and worker start).
     $py - "$out/train-rust/metrics.jsonl" "$out/train-py/metrics.jsonl" >> "$out/train.jsonl" <<'PY'
 import json, statistics, sys

@@ -179,52 +179,12 @@ pub fn render(class: usize, seed: u64) -> RgbImage {
     let hi = if lo < 0.5 { lo + gap } else { lo - gap };
     let (bg, fg) = (lo * 255.0, hi * 255.0);
     let noise = rng.random_range(3.0..12.0f32);
-    let style = std::env::var("MOCO_SYNTH_STYLE").unwrap_or_default();
-    let warp = [
-        rng.random_range(6.0..14.0f32),
-        rng.random_range(0.7..1.5f32),
-        rng.random_range(0.7..1.5f32),
-        rng.random_range(0.0..2.0 * PI),
-        rng.random_range(0.0..2.0 * PI),
-    ];
-    let cells: Vec<(Texture, f32, f32)> = (0..9)
-        .map(|_| {
-            let t = Texture::new(class, &mut rng);
-            let lo = rng.random_range(0.15..0.85f32);
-            let gap = rng.random_range(0.3..0.5f32);
-            let hi = if lo < 0.5 { lo + gap } else { lo - gap };
-            (t, lo * 255.0, hi * 255.0)
-        })
-        .collect();
     let mut img = RgbImage::new(SIZE, SIZE);
     for (x, y, px) in img.enumerate_pixels_mut() {
-        let (xf, yf) = (x as f32, y as f32);
-        let base = match style.as_str() {
-            "warp" => {
-                let s = SIZE as f32;
-                let wx = xf + warp[0] * (2.0 * PI * warp[1] * yf / s + warp[3]).sin();
-                let wy = yf + warp[0] * (2.0 * PI * warp[2] * xf / s + warp[4]).sin();
-                if tex.inside(wx, wy) {
-                    fg
-                } else {
-                    bg
-                }
-            }
-            "mosaic" => {
-                let c = &cells[(y / 32 * 3 + x / 32) as usize];
-                if c.0.inside(xf, yf) {
-                    c.2
-                } else {
-                    c.1
-                }
-            }
-            _ => {
-                if tex.inside(xf, yf) {
-                    fg
-                } else {
-                    bg
-                }
-            }
+        let base = if tex.inside(x as f32, y as f32) {
+            fg
+        } else {
+            bg
         };
         // One noise value per pixel, the same in R, G and B: the image stays grey.
         let n: f32 = (rng.random::<f32>() + rng.random::<f32>() - 1.0) * noise;

@@ -29,6 +29,22 @@ pub struct Inputs {
     pub im2: Vec<Tensor>,
     pub lrs: Vec<f64>,
     pub batch: usize,
+    /// The run's length, which the momentum schedules run over (also for a shortened copy).
+    pub total_steps: usize,
+}
+
+impl Inputs {
+    /// The first `steps` steps' inputs.
+    pub fn first(&self, steps: usize) -> Inputs {
+        let take = |v: &[Tensor]| v.iter().take(steps).map(|t| t.shallow_clone()).collect();
+        Inputs {
+            im1: take(&self.im1),
+            im2: take(&self.im2),
+            lrs: self.lrs.iter().take(steps).copied().collect(),
+            batch: self.batch,
+            total_steps: self.total_steps,
+        }
+    }
 }
 
 /// Real aug+ views (`size` pixels) of generated 96×96 texture images, and a warmup + cosine lr.
@@ -46,6 +62,7 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
         im2: vec![],
         lrs: vec![],
         batch,
+        total_steps: steps,
     };
     for s in 0..steps {
         let mut raw = Vec::new();
@@ -101,7 +118,7 @@ pub fn run_rust(
     for s in 0..steps {
         let ctx = StepCtx {
             step: s as u64,
-            total_steps: steps as u64,
+            total_steps: inp.total_steps as u64,
             seed: DRAW_SEED,
         };
         let st = StepState {
