@@ -89,6 +89,14 @@ checks() {
     --dist-backend nccl --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
   check gloo-cuda-step moco-train pretrain --data "$data" --out "$out/gloo" --device cuda \
     --dist-backend gloo --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
+  # One bf16 step of every method (the last line of each log: its loss and step time).
+  local methods
+  methods=$(run -- moco-train methods --json | python3 -c \
+    "import json,sys; print(' '.join(m['name'] for m in json.loads(sys.stdin.read().splitlines()[-1])['methods']))")
+  for m in $methods; do
+    check "step-$m" moco-train pretrain --data "$data" --out "$out/step-$m" --device cuda --method "$m" \
+      --amp bf16 --steps 2 --batch-size 64 --log-every 1 --no-knn --quiet --json
+  done
   check bench-data moco-train bench-data --data "$data" --device cuda --batch-size 256 --json
   check ort-providers bash -c '"$MOCO_PYTHON" -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"'
   cat "$out/summary.txt" >&2

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::Args;
 use datasets::layout::{Format, Split};
 use models_tch::parse_device;
 use serde_json::{json, Value};
@@ -16,37 +15,29 @@ use crate::augment::AugConfig;
 use crate::data;
 use crate::train::data::{RankShare, StepBatches, ViewMaker};
 
-#[derive(Args, Debug)]
-pub struct BenchDataArgs {
-    #[arg(long)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BenchDataConfig {
     pub data: PathBuf,
-    #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
-    #[arg(long)]
     pub format: Option<Format>,
-    #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Timed batches (after one warm-up batch).
-    #[arg(long, default_value_t = 20)]
     pub batches: usize,
-    #[arg(long)]
     pub threads: Option<i32>,
-    #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
+    /// Progress bars on stderr.
+    pub progress: bool,
 }
 
-pub fn run(a: &BenchDataArgs) -> Result<Value> {
+pub fn run(a: &BenchDataConfig) -> Result<Value> {
     crate::threads::set(a.threads);
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
     let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
     let splits: Vec<Split> = data::parse_splits(&a.splits).map_err(anyhow::Error::msg)?;
     let t_open = Instant::now();
     let bank = data::ImageBank::new(data::open_splits(
-        &a.data, &splits, a.format, 96, &cache, !a.json,
+        &a.data, &splits, a.format, 96, &cache, a.progress,
     )?);
     let open_secs = t_open.elapsed().as_secs_f64();
     if bank.len() < a.batch_size {

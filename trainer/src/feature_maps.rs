@@ -4,35 +4,29 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use image::{GrayImage, RgbImage};
 use models::Preprocess;
 use tch::{Device, Kind};
 
 use crate::encoder::Backbone;
 
-#[derive(Args, Debug)]
-pub struct FeatureMapsArgs {
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeatureMapsConfig {
     /// Backbone (`RUN/encoder.safetensors` or a checkpoint).
-    #[arg(long)]
     pub encoder: PathBuf,
     /// The image (PNG or JPEG); the eval transform is applied first.
-    #[arg(long)]
     pub image: PathBuf,
     /// Output PNG.
-    #[arg(long)]
     pub out: PathBuf,
     /// Channels shown (the first N of conv1's 64).
-    #[arg(long, default_value_t = 64)]
     pub channels: usize,
     /// Each map is enlarged by this factor (nearest neighbour) for viewing.
-    #[arg(long, default_value_t = 2)]
     pub scale: u32,
-    #[arg(long)]
-    pub json: bool,
+    /// Progress bars on stderr.
+    pub progress: bool,
 }
 
-pub fn run(a: &FeatureMapsArgs) -> Result<serde_json::Value> {
+pub fn run(a: &FeatureMapsConfig) -> Result<serde_json::Value> {
     let backbone = Backbone::load(&a.encoder, Device::Cpu)?;
     let pre = Preprocess::default();
     let img = datasets::decode::decode_file(&a.image).context("--image")?;

@@ -129,11 +129,11 @@ enum Command {
     /// class balance): a ranked CSV and the predicted class balance.
     LabelRequest(LabelRequestArgs),
     /// A new dataset root: the old one plus the returned labels of a request.
-    MergeLabels(merge_labels::MergeLabelsArgs),
+    MergeLabels(trainer::cli::merge_labels::MergeLabelsArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
-    PreviewAugment(preview::PreviewArgs),
+    PreviewAugment(trainer::cli::preview::PreviewArgs),
     /// conv1 activations of one image as a grid.
-    FeatureMaps(feature_maps::FeatureMapsArgs),
+    FeatureMaps(trainer::cli::feature_maps::FeatureMapsArgs),
     /// Loss, lr and kNN curves of a run as a PNG.
     Plot(PlotArgs),
     /// Write the embedded default dataset: deterministic 96×96 shape classes (folder layout).
@@ -142,7 +142,7 @@ enum Command {
     Export(ExportArgs),
     /// Two-view images/s of the training data path (decoded store + aug+), for benchmarks.
     #[command(hide = true)]
-    BenchData(bench::BenchDataArgs),
+    BenchData(trainer::cli::bench::BenchDataArgs),
     /// libtorch's build facts: version, CUDA devices, threads (for checking a machine).
     #[command(hide = true)]
     Info,
@@ -176,12 +176,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Pretrain(a) => report(a.to_config().and_then(|c| train::run(&c)), a.json),
         Command::Methods(a) => report(a.run(), a.json),
         Command::Linear(a) => report(a.to_config().and_then(|c| linear::run(&c)), a.json),
-        Command::BenchData(a) => report(bench::run(&a), a.json),
-        Command::FeatureMaps(a) => report(feature_maps::run(&a), a.json),
+        Command::BenchData(a) => report(a.to_config().and_then(|c| bench::run(&c)), a.json),
+        Command::FeatureMaps(a) => {
+            report(a.to_config().and_then(|c| feature_maps::run(&c)), a.json)
+        }
         Command::Knn(a) => report(a.to_config().and_then(|c| knn::run(&c)), a.json),
         Command::LabelRequest(a) => report(label_request::run(&a.to_config()), a.json),
-        Command::MergeLabels(a) => report(merge_labels::run(&a), a.json),
-        Command::PreviewAugment(a) => report(preview::run(&a), a.json),
+        Command::MergeLabels(a) => {
+            report(a.to_config().and_then(|c| merge_labels::run(&c)), a.json)
+        }
+        Command::PreviewAugment(a) => report(a.to_config().and_then(|c| preview::run(&c)), a.json),
         Command::Plot(a) => report(plot_runs(&a), a.json),
         Command::Synth(args) => args.run(),
         Command::Export(args) => args.run_and_report().map_err(anyhow::Error::from),

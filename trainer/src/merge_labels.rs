@@ -15,36 +15,27 @@ use anyhow::{bail, Context, Result};
 use datasets::layout::{Format, ImageSource, Split, SplitData, STL10_IMAGE_BYTES};
 use serde_json::{json, Value};
 
-#[derive(clap::Args, Debug)]
-pub struct MergeLabelsArgs {
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MergeLabelsConfig {
     /// The dataset the request was made from (read only).
-    #[arg(long)]
     pub data: PathBuf,
     /// Dataset layout; detected when omitted.
-    #[arg(long)]
     pub format: Option<Format>,
     /// The request CSV written by `label-request`.
-    #[arg(long)]
     pub request: PathBuf,
     /// The returned labels: a CSV with columns `image` (as in the request) and `label` (a class
     /// name, or a class index when no class has that name).
-    #[arg(long)]
     pub labels: PathBuf,
     /// The new dataset root (must not exist).
-    #[arg(long)]
     pub out: PathBuf,
     /// The split the request was made from.
-    #[arg(long, default_value = "unlabeled")]
     pub split: Split,
     /// The labeled split the images join.
-    #[arg(long, default_value = "train")]
     pub train_split: Split,
     /// Copy unchanged files instead of hard-linking them.
-    #[arg(long)]
     pub copy: bool,
-    /// Print the result as one JSON object on the last line of stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// Progress bars on stderr.
+    pub progress: bool,
 }
 
 /// One image to add: its source in the pool and its class index.
@@ -91,7 +82,7 @@ fn read_csv(
 }
 
 /// The requested images, checked against the pool they were chosen from.
-fn read_request(a: &MergeLabelsArgs, pool: &SplitData) -> Result<HashMap<String, usize>> {
+fn read_request(a: &MergeLabelsConfig, pool: &SplitData) -> Result<HashMap<String, usize>> {
     let mut requested = HashMap::new();
     for (line, row) in read_csv(&a.request, "--request", &["index", "image"])? {
         let at = || format!("--request {}: line {line}", a.request.display());
@@ -117,7 +108,7 @@ fn read_request(a: &MergeLabelsArgs, pool: &SplitData) -> Result<HashMap<String,
 
 /// The returned labels: each for a requested image, once, with a known class.
 fn read_returned(
-    a: &MergeLabelsArgs,
+    a: &MergeLabelsConfig,
     pool: &SplitData,
     requested: &HashMap<String, usize>,
     classes: &[String],
@@ -284,7 +275,7 @@ fn add_stl10(root: &Path, new: &Path, train: &SplitData, adds: &[Addition]) -> R
     Ok(names)
 }
 
-pub fn run(a: &MergeLabelsArgs) -> Result<Value> {
+pub fn run(a: &MergeLabelsConfig) -> Result<Value> {
     let root = a
         .data
         .canonicalize()
@@ -320,7 +311,7 @@ pub fn run(a: &MergeLabelsArgs) -> Result<Value> {
         std::process::id()
     ));
     let result = (|| -> Result<(u64, Vec<String>)> {
-        let bar = crate::progress::counter("carrying files over", !a.json);
+        let bar = crate::progress::counter("carrying files over", a.progress);
         let n = mirror(&root, &tmp, a.copy, &bar)?;
         bar.finish_and_clear();
         let names = match pool.format {

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::Args;
 use datasets::layout::{Format, Split};
 use image::RgbImage;
 use models::Preprocess;
@@ -13,31 +12,23 @@ use crate::augment::Augmenter;
 use crate::data;
 use crate::rng::{stream, Purpose};
 
-#[derive(Args, Debug)]
-pub struct PreviewArgs {
-    #[arg(long)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreviewConfig {
     pub data: PathBuf,
     /// The split to take images from.
-    #[arg(long, default_value = "train")]
     pub split: Split,
-    #[arg(long)]
     pub format: Option<Format>,
     /// Output PNG: one row per image — original, view 1, view 2.
-    #[arg(long)]
     pub out: PathBuf,
     /// Number of images (rows).
-    #[arg(long, default_value_t = 8)]
     pub n: usize,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 96)]
     pub size: u32,
-    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub aug: crate::cli::aug_args::AugArgs,
+    /// The augmentations, the parts switched off removed.
+    pub aug: crate::augment::AugConfig,
+    /// Progress bars on stderr.
+    pub progress: bool,
 }
 
 /// A `[3,H,W]` float image in [0,1] → 8-bit RGB.
@@ -53,18 +44,18 @@ pub fn to_rgb(t: &Tensor) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, v).expect("image size")
 }
 
-pub fn run(a: &PreviewArgs) -> Result<serde_json::Value> {
+pub fn run(a: &PreviewConfig) -> Result<serde_json::Value> {
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
     let cache = a.cache_dir.clone().unwrap_or_else(data::default_cache_dir);
     let split =
-        data::open_splits(&a.data, &[a.split], a.format, a.size, &cache, !a.json)?.remove(0);
+        data::open_splits(&a.data, &[a.split], a.format, a.size, &cache, a.progress)?.remove(0);
     let n = a.n.min(split.n);
     // Spread the rows over the split so several classes show.
     let idx: Vec<usize> = (0..n).map(|i| i * split.n / n).collect();
     let images = split.batch(&idx);
-    let aug = Augmenter::new(a.aug.config(a.size)?, &Preprocess::default(), Device::Cpu);
+    let aug = Augmenter::new(a.aug.clone(), &Preprocess::default(), Device::Cpu);
     let mut rng = stream(a.seed, Purpose::Preview, 0);
     let v1 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
     let v2 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));

@@ -62,6 +62,50 @@ fn every_method_resumes_bit_identical_after_kills() {
     }
 }
 
+/// The rest of the chain takes every method's encoder: the backbone file has the same names
+/// whatever heads trained it (`knn` and `linear --fast --knn` on it, one line each).
+#[test]
+fn every_method_encoder_feeds_knn_and_linear() {
+    let tmp = tempfile::tempdir().unwrap();
+    for &method in OTHER_METHODS {
+        let run_dir = tmp.path().join(method);
+        let o = run(&method_args(&run_dir, method, &["--steps", "2"]));
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let enc = run_dir.join("encoder.safetensors");
+        let lin = tmp.path().join(format!("{method}-lin"));
+        let o = run(&[
+            "linear",
+            "--encoder",
+            enc.to_str().unwrap(),
+            "--data",
+            &data(),
+            "--out",
+            lin.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--fast",
+            "--knn",
+            "--json",
+            "--threads",
+            "1",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let last = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert!(
+            v["knn_top1"].is_f64() && v["top1"].is_f64(),
+            "{method}: {v}"
+        );
+    }
+}
+
 /// Pretraining command lines for a run directory and extra flags.
 type ArgsFor<'a> = &'a dyn Fn(&Path, &[&str]) -> Vec<String>;
 

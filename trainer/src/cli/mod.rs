@@ -2,8 +2,12 @@
 //! configurations: the only place that knows flags.
 
 pub mod aug_args;
+pub mod bench;
 pub mod eval_args;
+pub mod feature_maps;
 pub mod knn;
 pub mod label_request;
 pub mod linear;
+pub mod merge_labels;
 pub mod pretrain;
+pub mod preview;

@@ -1,0 +1,51 @@
+//! `moco-train preview-augment`'s flags → [`PreviewConfig`].
+
+use std::path::PathBuf;
+
+use datasets::layout::{Format, Split};
+
+use crate::preview::PreviewConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct PreviewArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The split to take images from.
+    #[arg(long, default_value = "train")]
+    pub split: Split,
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Output PNG: one row per image — original, view 1, view 2.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images (rows).
+    #[arg(long, default_value_t = 8)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub aug: crate::cli::aug_args::AugArgs,
+}
+
+impl PreviewArgs {
+    pub fn to_config(&self) -> anyhow::Result<PreviewConfig> {
+        Ok(PreviewConfig {
+            data: self.data.clone(),
+            split: self.split,
+            format: self.format,
+            out: self.out.clone(),
+            n: self.n,
+            seed: self.seed,
+            size: self.size,
+            cache_dir: self.cache_dir.clone(),
+            aug: self.aug.config(self.size)?,
+            progress: !self.json,
+        })
+    }
+}
