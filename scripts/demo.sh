@@ -4,7 +4,7 @@
 #
 #   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
 #   OUT=DIR       where everything goes (runs/demo)
-#   STEPS=N       pretraining steps (450 of 64-pixel views: about 9½ minutes on 2 CPU cores, kNN included)
+#   STEPS=N       pretraining steps (450 of 64-pixel views: about 6½ minutes on 2 AVX-512 cores, kNN included)
 #   BATCH, QUEUE, LR, BN_SPLITS, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED
 #   KNN_EVERY=N   pretraining's kNN monitor every N epochs (2; the curve's points against the floor)
 #   PRETRAIN_FLAGS="..."  pretrain flags ("--crop 64 --head-bn"; e.g. add --no-crop)
