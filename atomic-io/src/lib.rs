@@ -6,6 +6,9 @@
 //! observable (kill tests stop the process between them) and the temp files of a killed writer
 //! must be recognisable by name afterwards.
 
+pub mod lock;
+pub mod space;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +75,17 @@ pub fn write_atomic_with(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Makes a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) fail with EFBIG, which the
+/// writers report with the file's name, instead of killing the process with SIGXFSZ, which
+/// would leave no message. Call it at the start of `main`.
+pub fn report_file_size_limit_as_error() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; nothing else in
+    // these programs handles SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Checks up front that files can be created in `dir` (before minutes of work that would end

@@ -17,6 +17,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    atomic_io::report_file_size_limit_as_error();
     match Cli::parse().args.run_and_report() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -66,6 +66,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    atomic_io::report_file_size_limit_as_error();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

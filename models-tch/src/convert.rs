@@ -17,7 +17,10 @@ pub fn tensor_to_data(t: &Tensor) -> TensorData {
         .to_device(Device::Cpu)
         .contiguous()
         .flatten(0, -1);
-    if t.is_floating_point() {
+    if t.kind() == Kind::Double {
+        let v = Vec::<f64>::try_from(flat).expect("f64 tensor to host");
+        TensorData::from_f64(shape, &v)
+    } else if t.is_floating_point() {
         let v = Vec::<f32>::try_from(flat.to_kind(Kind::Float)).expect("f32 tensor to host");
         TensorData::from_f32(shape, &v)
     } else {
@@ -30,6 +33,7 @@ pub fn data_to_tensor(d: &TensorData) -> Tensor {
     let shape: Vec<i64> = d.shape.iter().map(|&s| s as i64).collect();
     match d.dtype {
         DType::F32 => Tensor::from_slice(&d.to_f32()).reshape(&shape),
+        DType::F64 => Tensor::from_slice(&d.to_f64()).reshape(&shape),
         DType::I64 => Tensor::from_slice(&d.to_i64()).reshape(&shape),
     }
 }

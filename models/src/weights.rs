@@ -11,10 +11,12 @@ use safetensors::SafeTensors;
 use crate::error::{ModelError, Result};
 use crate::layers::{TensorRole, TensorSpec};
 
-/// Element type kept in memory. Half-precision and f64 files are widened/narrowed to f32 on load.
+/// Element type kept in memory. Half-precision files are widened to f32 on load; f64 stays f64
+/// (the trainer's float64 check mode checkpoints its state without rounding it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
     F32,
+    F64,
     I64,
 }
 
@@ -22,6 +24,7 @@ impl DType {
     fn safetensors(self) -> Dtype {
         match self {
             DType::F32 => Dtype::F32,
+            DType::F64 => Dtype::F64,
             DType::I64 => Dtype::I64,
         }
     }
@@ -40,6 +43,15 @@ impl TensorData {
         assert_eq!(shape.iter().product::<usize>(), values.len());
         TensorData {
             dtype: DType::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn from_f64(shape: Vec<usize>, values: &[f64]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), values.len());
+        TensorData {
+            dtype: DType::F64,
             shape,
             bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
@@ -66,7 +78,21 @@ impl TensorData {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
+            DType::F64 => self.to_f64().into_iter().map(|v| v as f32).collect(),
             DType::I64 => self.to_i64().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    /// Values as f64 (f32 widened exactly).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self.dtype {
+            DType::F64 => self
+                .bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+                .collect(),
+            DType::F32 => self.to_f32().into_iter().map(f64::from).collect(),
+            DType::I64 => self.to_i64().into_iter().map(|v| v as f64).collect(),
         }
     }
 
@@ -77,7 +103,7 @@ impl TensorData {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunk")))
                 .collect(),
-            DType::F32 => self.to_f32().into_iter().map(|v| v as i64).collect(),
+            DType::F32 | DType::F64 => self.to_f64().into_iter().map(|v| v as i64).collect(),
         }
     }
 
@@ -100,13 +126,7 @@ impl TensorData {
                 DType::F32,
                 widen(&|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
             ),
-            Dtype::F64 => (
-                DType::F32,
-                widen(
-                    &|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32,
-                    8,
-                ),
-            ),
+            Dtype::F64 => (DType::F64, data.to_vec()),
             other => return Err(format!("unsupported dtype {other:?}")),
         };
         Ok(TensorData {

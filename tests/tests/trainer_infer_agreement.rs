@@ -79,7 +79,7 @@ fn agree(linear_flags: &[&str]) {
         "--cache-dir",
         s(&cache),
     ]);
-    trainer::train::run(&p.a.to_config().unwrap()).unwrap();
+    trainer::train::run(&p.a.to_config().unwrap(), Default::default()).unwrap();
     let encoder = run.join("encoder.safetensors");
     let mut args = vec![
         "x",

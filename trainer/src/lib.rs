@@ -28,5 +28,7 @@ pub mod preset;
 pub mod preview;
 pub mod progress;
 pub mod rng;
+pub mod run_dir;
+pub mod stop;
 pub mod threads;
 pub mod train;

@@ -12,8 +12,9 @@ use trainer::cli::knn::KnnArgs;
 use trainer::cli::label_request::LabelRequestArgs;
 use trainer::cli::linear::LinearArgs;
 use trainer::cli::pretrain::PretrainArgs;
+use trainer::stop::StopFlag;
 use trainer::{
-    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, preview, train,
+    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, preview, stop, train,
 };
 
 #[derive(Parser, Debug)]
@@ -158,11 +159,16 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 }
 
 fn main() -> ExitCode {
+    atomic_io::report_file_size_limit_as_error();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = isa::IsaPath::from_env().and_then(|_| dispatch(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<stop::Preempted>() => {
+            eprintln!("moco-train: {e:#}");
+            ExitCode::from(stop::PREEMPTED_EXIT)
+        }
         Err(e) => {
             eprintln!("moco-train: {e:#}");
             ExitCode::FAILURE
@@ -172,8 +178,16 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Pretrain(a) if a.nproc > 1 => train::launch::launch_local(a.nproc),
-        Command::Pretrain(a) => report(a.to_config().and_then(|c| train::run(&c)), a.json),
+        Command::Pretrain(a) if a.nproc > 1 => {
+            // Refused here once, rather than by each rank.
+            a.to_config()?.validate(a.nproc)?;
+            train::launch::launch_local(a.nproc)
+        }
+        Command::Pretrain(a) => report(
+            a.to_config()
+                .and_then(|c| train::run(&c, StopFlag::from_signals()?)),
+            a.json,
+        ),
         Command::Methods(a) => report(a.run(), a.json),
         Command::Linear(a) => report(a.to_config().and_then(|c| linear::run(&c)), a.json),
         Command::BenchData(a) => report(a.to_config().and_then(|c| bench::run(&c)), a.json),

@@ -46,10 +46,17 @@ impl MetricsLog {
         })
     }
 
+    /// Appends one line; a failed append (a full disk, a file-size limit) is cut back off, so
+    /// the file never ends in half a record.
     pub fn write(&mut self, v: &Value) -> Result<()> {
-        writeln!(self.file, "{v}")
-            .and_then(|_| self.file.flush())
-            .with_context(|| format!("{}: cannot write metrics", self.path.display()))
+        let before = self.file.metadata().map(|m| m.len());
+        let written = writeln!(self.file, "{v}").and_then(|_| self.file.flush());
+        if written.is_err() {
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+        }
+        written.with_context(|| format!("{}: cannot write metrics", self.path.display()))
     }
 }
 

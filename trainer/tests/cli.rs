@@ -1,5 +1,5 @@
-//! `moco-train` end to end on small generated data: an exact resume after SIGKILL, and the bad
-//! inputs of the pretraining and evaluation commands.
+//! `moco-train` end to end on small generated data: an exact resume after SIGKILL and after the
+//! stop signals of a scheduler, and the bad inputs of the pretraining and evaluation commands.
 
 mod common;
 
@@ -34,18 +34,51 @@ enum Kill {
     Random,
     /// The process SIGKILLs itself at this stage of its first checkpoint write.
     InCheckpoint(&'static str),
+    /// A scheduler's stop signal at a random moment: the run must save the step it is in and
+    /// exit with the preemption status.
+    Signal(i32),
+    /// The same signal twice, 20 ms apart: the second ends the process at once.
+    SignalTwice(i32),
+}
+
+/// The exit status of a run stopped by a signal after saving (`moco-train`'s `PREEMPTED_EXIT`).
+const PREEMPTED: i32 = 75;
+
+/// The step of a run's newest checkpoint (0 without one).
+fn newest_checkpoint(run: &Path) -> u64 {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("step-")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 /// The kill test: SIGKILL at random moments and inside checkpoint writes (torn temp file,
-/// synced but not renamed, renamed but older files not pruned), `--resume` after each, and the
-/// final encoder must equal an uninterrupted run's bit for bit. `scripts/kill_test.sh` runs it
+/// synced but not renamed, renamed but older files not pruned), SIGTERM, SIGUSR1 and SIGINT at
+/// random moments (a checkpoint of the step reached, exit status 75) and a doubled SIGTERM (an
+/// immediate exit), `--resume` after each, and the final encoder must equal an uninterrupted
+/// run's bit for bit. `scripts/kill_test.sh` runs it
 /// with more kill points (MOCO_KILL_POINTS, MOCO_KILL_STEPS, MOCO_KILL_SEED).
 #[test]
 fn killed_anywhere_and_resumed_ends_bit_identical() {
-    let steps = env_or("MOCO_KILL_STEPS", 24);
+    let steps = env_or("MOCO_KILL_STEPS", 32);
     let random_kills = env_or("MOCO_KILL_POINTS", 5) as usize;
     let another = ["--temperature", "0.1"];
-    kill_and_resume(steps, random_kills, another, &|out, extra| {
+    let signals = [
+        Kill::Signal(libc::SIGTERM),
+        Kill::Signal(libc::SIGUSR1),
+        Kill::SignalTwice(libc::SIGTERM),
+        Kill::Signal(libc::SIGINT),
+    ];
+    kill_and_resume(steps, random_kills, &signals, another, &|out, extra| {
         pretrain_args(out, extra)
     });
 }
@@ -56,7 +89,7 @@ fn killed_anywhere_and_resumed_ends_bit_identical() {
 fn every_method_resumes_bit_identical_after_kills() {
     for &method in OTHER_METHODS {
         eprintln!("kill test: --method {method}");
-        kill_and_resume(8, 1, ["--lr", "0.5"], &|out, extra| {
+        kill_and_resume(8, 1, &[], ["--lr", "0.5"], &|out, extra| {
             method_args(out, method, extra)
         });
     }
@@ -109,8 +142,15 @@ fn every_method_encoder_feeds_knn_and_linear() {
 /// Pretraining command lines for a run directory and extra flags.
 type ArgsFor<'a> = &'a dyn Fn(&Path, &[&str]) -> Vec<String>;
 
-/// `another`: a flag and value that change the run's configuration (its resume is refused).
-fn kill_and_resume(steps: u64, random_kills: usize, another: [&str; 2], pretrain_args: ArgsFor) {
+/// `signals`: stops spread between the kills; `another`: a flag and value that change the run's
+/// configuration (its resume is refused).
+fn kill_and_resume(
+    steps: u64,
+    random_kills: usize,
+    signals: &[Kill],
+    another: [&str; 2],
+    pretrain_args: ArgsFor,
+) {
     use rand::{Rng, SeedableRng};
     use std::os::unix::process::ExitStatusExt;
 
@@ -137,20 +177,23 @@ fn kill_and_resume(steps: u64, random_kills: usize, another: [&str; 2], pretrain
     let step_time = (wall[wall.len() - 1] - wall[0]) / (wall.len() - 1) as f64;
     let startup = (total - wall[wall.len() - 1]).max(0.0) + wall[0] - step_time;
 
-    // Random kills between the three in-checkpoint kills, the rest after them.
-    let mut plan: Vec<Kill> = Vec::new();
-    let stages = ["partial", "synced", "renamed"];
-    for i in 0..random_kills.max(stages.len()) {
+    // Random kills between the three in-checkpoint kills and the signals, the rest after them.
+    let mut plan: Vec<&Kill> = Vec::new();
+    let stages = [
+        Kill::InCheckpoint("partial"),
+        Kill::InCheckpoint("synced"),
+        Kill::InCheckpoint("renamed"),
+    ];
+    for i in 0..random_kills.max(stages.len()).max(signals.len()) {
         if i < random_kills {
-            plan.push(Kill::Random);
+            plan.push(&Kill::Random);
         }
-        if let Some(s) = stages.get(i) {
-            plan.push(Kill::InCheckpoint(s));
-        }
+        plan.extend(stages.get(i));
+        plan.extend(signals.get(i));
     }
     let args_b = pretrain_args(&b, &["--steps", &steps_flag, "--resume"]);
     let mut kills = Vec::new();
-    for kill in &plan {
+    for &kill in &plan {
         let mut cmd = Command::new(BIN);
         cmd.args(&args_b)
             .env("MOCO_CACHE_DIR", cache_dir())
@@ -189,6 +232,37 @@ fn kill_and_resume(steps: u64, random_kills: usize, another: [&str; 2], pretrain
                     .find(|l| l.contains("SIGKILL during the step-"));
                 kills.push(line.expect("the self-kill names its step").to_string());
             }
+            &Kill::Signal(sig) | &Kill::SignalTwice(sig) => {
+                let twice = matches!(kill, Kill::SignalTwice(_));
+                let delay = startup + rng.random_range(0.5..3.0) * step_time;
+                std::thread::sleep(Duration::from_secs_f64(delay));
+                let pid = child.id() as i32;
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "ended before its signal"
+                );
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(pid, sig) };
+                if twice {
+                    std::thread::sleep(Duration::from_millis(20));
+                    unsafe { libc::kill(pid, sig) };
+                }
+                let out = child.wait_with_output().unwrap();
+                let code = out.status.code();
+                let how = if twice && code == Some(128 + sig) {
+                    "exited at once"
+                } else {
+                    assert_eq!(code, Some(PREEMPTED), "signal {sig}: {}", stderr(&out));
+                    // The step it stopped after is saved (unless it stopped before any).
+                    let logged = logged_steps(&b).last().copied().unwrap_or(0);
+                    assert_eq!(newest_checkpoint(&b), logged, "{}", stderr(&out));
+                    "saved and exited with 75"
+                };
+                kills.push(format!(
+                    "signal {sig}{} at {delay:.2}s: {how}",
+                    if twice { " twice" } else { "" }
+                ));
+            }
         }
         let after = logged_steps(&b).last().copied().unwrap_or(0);
         eprintln!(
@@ -197,7 +271,10 @@ fn kill_and_resume(steps: u64, random_kills: usize, another: [&str; 2], pretrain
             kills.last().unwrap()
         );
     }
-    assert!(kills.len() >= (random_kills + 3).min(5), "{kills:?}");
+    assert!(
+        kills.len() >= (random_kills + 3).min(5) + signals.len(),
+        "{kills:?}"
+    );
     let out = run(&args_b);
     assert!(out.status.success(), "{}", stderr(&out));
     let ea = std::fs::read(a.join("encoder.safetensors")).unwrap();

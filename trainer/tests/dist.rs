@@ -1,7 +1,7 @@
 //! Data-parallel pretraining over c10d/Gloo on loopback: 2 ranks × B/2 against 1 process × B
-//! with the same `--bn-splits`, a group of one against no group, and the failures a cluster job
-//! meets (another world size on resume, an unreachable master, a rank that dies, NCCL asked for
-//! on the CPU).
+//! with the same `--bn-splits`, a group of one against no group, a run resumed on another world
+//! size, and the failures a cluster job meets (an unreachable master, a rank that dies, NCCL
+//! asked for on the CPU).
 
 mod common;
 
@@ -11,6 +11,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{cache_dir, fails_with, method_args, pretrain_args, run, stderr, BIN, OTHER_METHODS};
+
+/// Rank `rank` of 2, launched as torchrun would (its variables), stderr captured.
+fn rank_command(args: &[String], rank: usize, port: u16) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("MOCO_CACHE_DIR", cache_dir())
+        .env("WORLD_SIZE", "2")
+        .env("RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
 
 /// A loopback port nobody listens on (for a moment).
 fn free_port() -> u16 {
@@ -194,10 +208,48 @@ fn two_ranks_equal_one_process_with_the_same_bn_splits() {
     assert!(o.status.success(), "torchrun: {}", stderr(&o));
     assert_eq!(losses(&three), l2, "torchrun vs --nproc 2");
 
-    // A resume must keep the world size (the data shards depend on it).
-    let mut again = pretrain_args(&two, &long);
-    again.push("--resume".into());
-    fails_with(&again, "written by 2 rank(s), this run has 1");
+    // Elastic restarts: 2 ranks killed at the start of step 3 and resumed as 1 process, and 1
+    // process killed there and resumed as 2 ranks, end as the uninterrupted run does, within the
+    // same float64 bound.
+    for (tag, first, then) in [("2→1", 2, 1), ("1→2", 1, 2)] {
+        let dir = tmp.path().join(format!("elastic-{first}-{then}"));
+        let with_world = |world: usize| {
+            let mut v = pretrain_args(&dir, &long);
+            v.push("--resume".into());
+            if world > 1 {
+                v.extend(["--nproc".into(), world.to_string()]);
+            }
+            v
+        };
+        let o = Command::new(BIN)
+            .args(with_world(first))
+            .env("MOCO_CACHE_DIR", cache_dir())
+            .env("MOCO_TEST_KILL_AT", "step:3")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{tag}: the kill did not happen");
+        let o = run(&with_world(then));
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("written by {first} rank(s); continuing on {then}")),
+            "{tag}: {}",
+            stderr(&o)
+        );
+        let l = losses(&dir);
+        for (x, y) in l1.iter().zip(&l) {
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs(),
+                "{tag}: loss {l1:?} vs {l:?}"
+            );
+        }
+        let excess = encoder_excess_over_f32_rounding(&one, &dir, 1e-9);
+        eprintln!("elastic {tag}: losses {l:?}, encoder Δ beyond rounding {excess:.2e}");
+        assert!(excess <= 0.0, "{tag}: encoder Δ exceeds by {excess}");
+    }
+    // A world size that does not divide the batch's BN groups cannot continue: refused, with why.
+    let mut three_ranks = pretrain_args(&two, &long);
+    three_ranks.extend(["--resume".into(), "--nproc".into(), "3".into()]);
+    fails_with(&three_ranks, "must be multiples of the world size 3");
 }
 
 #[test]
@@ -260,15 +312,7 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
         &["--steps", "6", "--bn-splits", "2", "--dist-timeout", "120"],
     );
     let spawn = |rank: usize, kill: Option<&str>| {
-        let mut c = Command::new(BIN);
-        c.args(&args)
-            .env("MOCO_CACHE_DIR", cache_dir())
-            .env("WORLD_SIZE", "2")
-            .env("RANK", rank.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut c = rank_command(&args, rank, port);
         if let Some(k) = kill {
             c.env("MOCO_TEST_KILL_AT", k);
         }
@@ -316,4 +360,79 @@ fn an_unreachable_master_and_a_dead_rank_are_errors_not_hangs() {
         err.contains("exited with signal: 9") && err.contains("other ranks were stopped"),
         "{err}"
     );
+}
+
+/// The step a stopped rank reports (`stopped by SIGTERM after step N`).
+fn stopped_after(err: &str) -> Option<u64> {
+    let rest = &err[err.find("after step ")? + "after step ".len()..];
+    rest.split(';').next()?.trim().parse().ok()
+}
+
+#[test]
+fn a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, cut) = (tmp.path().join("whole"), tmp.path().join("cut"));
+    let flags = [
+        "--steps",
+        "12",
+        "--bn-splits",
+        "2",
+        "--checkpoint-every",
+        "4",
+    ];
+    let mut a = pretrain_args(&whole, &flags);
+    a.extend(["--nproc".into(), "2".into()]);
+    ok(&a);
+
+    // Torchrun-style ranks; SIGTERM reaches rank 1 only, a few steps in.
+    let port = free_port();
+    let mut args = pretrain_args(&cut, &flags);
+    args.push("--resume".into());
+    let spawn = |rank: usize| rank_command(&args, rank, port).spawn().unwrap();
+    let (r0, r1) = (spawn(0), spawn(1));
+    let t0 = Instant::now();
+    while losses_logged(&cut) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no steps logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(r1.id() as i32, libc::SIGTERM) };
+    let (o0, o1) = (
+        r0.wait_with_output().unwrap(),
+        r1.wait_with_output().unwrap(),
+    );
+    assert_eq!(o0.status.code(), Some(75), "rank 0: {}", stderr(&o0));
+    assert_eq!(o1.status.code(), Some(75), "rank 1: {}", stderr(&o1));
+    let (s0, s1) = (stopped_after(&stderr(&o0)), stopped_after(&stderr(&o1)));
+    assert!(s0.is_some() && s0 == s1, "ranks stopped at {s0:?} / {s1:?}");
+    let step = s0.unwrap();
+    assert!(step < 12, "the signal came after the last step");
+    assert!(
+        cut.join(format!("checkpoints/step-{step:09}.safetensors"))
+            .exists(),
+        "no checkpoint of step {step}"
+    );
+
+    // Resumed on 2 ranks: parameters as the uninterrupted run's bit for bit; BN running
+    // statistics within float32 rounding (the stop's checkpoint averages them over the ranks
+    // once more, in another order of additions).
+    let mut b = args.clone();
+    b.extend(["--nproc".into(), "2".into()]);
+    ok(&b);
+    let (x, y) = (load_encoder(&whole), load_encoder(&cut));
+    for (k, v) in &x {
+        if k.contains("running_") {
+            continue;
+        }
+        assert!(v == &y[k], "{k} differs after the stop at step {step}");
+    }
+    let (_, stats) = encoder_diff(&whole, &cut);
+    eprintln!("stopped at step {step}; BN statistics Δ {stats:.1e}");
+    assert!(stats <= 1e-5, "BN statistics Δ {stats}");
+}
+
+fn losses_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }

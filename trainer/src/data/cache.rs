@@ -6,6 +6,12 @@
 //! images of `size×size×3` bytes (HWC, RGB). The listing covers each file's path, length and
 //! mtime, so a changed, added or removed image invalidates the store. Written to a temp file,
 //! then renamed: an interrupted build leaves no store behind.
+//!
+//! Processes that need the same store take turns on a lock file beside it: one builds, the
+//! others wait and then map what it built. The file's length and header are read before it is
+//! mapped (a mapping of a truncated file is a SIGBUS at the first touch past its end), and the
+//! space is reserved before the build starts (a full disk is an error naming the store, not a
+//! SIGBUS in the middle of it).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -110,21 +116,12 @@ impl DecodedSplit {
             .with_context(|| format!("--cache-dir {}: cannot create", cache_dir.display()))?;
         let path = cache_dir.join(format!("{}-{hex}.u8", split.split.name()));
         let want = header(size, split.samples.len(), &fp);
-        let valid = File::open(&path)
-            .ok()
-            .and_then(|f| unsafe { Mmap::map(&f) }.ok())
-            .filter(|m| {
-                m.len() == HEADER + split.samples.len() * (size * size * 3) as usize
-                    && m[..HEADER] == want
-            });
-        let map = match valid {
-            Some(m) => m,
-            None => {
-                build(split, size, &path, &want, progress)?;
-                let f = File::open(&path).with_context(|| format!("{}", path.display()))?;
-                unsafe { Mmap::map(&f) }.with_context(|| format!("{}", path.display()))?
-            }
-        };
+        let len = (HEADER + split.samples.len() * (size * size * 3) as usize) as u64;
+        let _turn = take_turn(&path)?;
+        if !is_valid(&path, &want, len) {
+            build(split, size, &path, &want, progress)?;
+        }
+        let map = map_checked(&path, &want, len)?;
         Ok(DecodedSplit {
             size,
             n: split.samples.len(),
@@ -156,10 +153,97 @@ impl DecodedSplit {
     }
 }
 
+/// This process's turn at the store `path` (the lock file beside it), waiting for another
+/// process that holds it (building it, most likely).
+fn take_turn(path: &Path) -> Result<atomic_io::lock::FileLock> {
+    let lock_path = path.with_extension("lock");
+    let ctx = || format!("{}: cannot lock the decoded store", lock_path.display());
+    if let Some(l) = atomic_io::lock::try_lock(&lock_path).with_context(ctx)? {
+        return Ok(l);
+    }
+    eprintln!(
+        "waiting for another process (pid {}) building {}",
+        atomic_io::lock::holder(&lock_path).map_or("?".into(), |p| p.to_string()),
+        path.display()
+    );
+    atomic_io::lock::lock(&lock_path).with_context(ctx)
+}
+
+/// Whether the file at `path` has the wanted header and length, read without mapping it.
+fn is_valid(path: &Path, want: &[u8; HEADER], len: u64) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; HEADER];
+    f.metadata().is_ok_and(|m| m.len() == len)
+        && std::io::Read::read_exact(&mut f, &mut head).is_ok()
+        && head == *want
+}
+
+/// The store mapped, after its length and header are checked on the open file (so a store
+/// swapped between the check and the map is caught too).
+fn map_checked(path: &Path, want: &[u8; HEADER], len: u64) -> Result<Mmap> {
+    let ctx = || format!("{}: cannot open the decoded store", path.display());
+    let mut f = File::open(path).with_context(ctx)?;
+    let mut head = [0u8; HEADER];
+    let size = f.metadata().with_context(ctx)?.len();
+    std::io::Read::read_exact(&mut f, &mut head).with_context(ctx)?;
+    if size != len || head != *want {
+        bail!(
+            "{}: the decoded store changed under this process ({size} bytes, {len} expected); \
+             run again to rebuild it",
+            path.display()
+        );
+    }
+    // SAFETY: the file has the checked length; stores are replaced by rename, never rewritten
+    // in place, so the mapped inode keeps its length while it is mapped.
+    unsafe { Mmap::map(&f) }.with_context(ctx)
+}
+
+/// Temp files of builds killed half-way (only the holder of the store's lock builds, so any
+/// other temp file of this store is one).
+fn remove_killed_builds(path: &Path) {
+    let Some(stem) = path
+        .file_stem()
+        .map(|s| format!("{}.tmp-", s.to_string_lossy()))
+    else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(atomic_io::parent_dir(path)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&stem) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Fails before the build when the cache folder's filesystem cannot take `len` more bytes.
+fn check_space(path: &Path, len: u64) -> Result<()> {
+    let dir = atomic_io::parent_dir(path);
+    if let Ok(free) = atomic_io::space::available(&dir) {
+        if free < len {
+            bail!(
+                "{}: the decoded store needs {} and {} has {} free; free space or point \
+                 --cache-dir (MOCO_CACHE_DIR) at a larger disk",
+                path.display(),
+                atomic_io::space::human(len),
+                dir.display(),
+                atomic_io::space::human(free)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn build(split: &SplitData, size: u32, path: &Path, header: &[u8], progress: bool) -> Result<()> {
     let n = split.samples.len();
     let img_bytes = (size * size * 3) as usize;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let total = (HEADER + n * img_bytes) as u64;
+    remove_killed_builds(path);
+    check_space(path, total)?;
     let result = (|| -> Result<()> {
         let f = OpenOptions::new()
             .read(true)
@@ -168,8 +252,13 @@ fn build(split: &SplitData, size: u32, path: &Path, header: &[u8], progress: boo
             .truncate(true)
             .open(&tmp)
             .with_context(|| format!("{}: cannot create the decoded store", tmp.display()))?;
-        f.set_len((HEADER + n * img_bytes) as u64)
-            .with_context(|| format!("{}: cannot size the decoded store", tmp.display()))?;
+        atomic_io::space::reserve(&f, total).with_context(|| {
+            format!(
+                "{}: cannot reserve {} for the decoded store",
+                tmp.display(),
+                atomic_io::space::human(total)
+            )
+        })?;
         let mut map = unsafe { MmapMut::map_mut(&f) }?;
         let bar = crate::progress::bar(
             n as u64,
@@ -204,10 +293,11 @@ fn build(split: &SplitData, size: u32, path: &Path, header: &[u8], progress: boo
             return Err(e);
         }
         map[..HEADER].copy_from_slice(header);
-        map.flush()?;
+        let ctx = || format!("{}: cannot write the decoded store", tmp.display());
+        map.flush().with_context(ctx)?;
         drop(map);
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        f.sync_all().with_context(ctx)?;
+        fs::rename(&tmp, path).with_context(ctx)?;
         Ok(())
     })();
     if result.is_err() {

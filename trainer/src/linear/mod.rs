@@ -10,7 +10,7 @@ mod standardize;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use datasets::layout::Split;
 use models::TensorMap;
 use serde::{Deserialize, Serialize};
@@ -151,8 +151,7 @@ fn write_predictions(val: &DecodedSplit, logits: &Tensor, path: &Path) -> Result
 pub fn run(c: &LinearConfig) -> Result<Value> {
     let device = c.compute.setup()?;
     c.check()?;
-    std::fs::create_dir_all(&c.out)
-        .with_context(|| format!("--out {}: cannot create", c.out.display()))?;
+    let _out_lock = crate::run_dir::claim(&c.out)?;
     let mut backbone = c.encoder.load(device)?;
     let (train, val) = open_splits(c)?;
     let classes = train.classes.clone();

@@ -62,7 +62,7 @@ pub fn dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }
 
-fn file_for(run: &Path, step: u64) -> PathBuf {
+pub fn file_for(run: &Path, step: u64) -> PathBuf {
     dir(run).join(format!("step-{step:09}.safetensors"))
 }
 

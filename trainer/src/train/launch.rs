@@ -1,14 +1,19 @@
 //! `pretrain --nproc N`: N copies of this command as ranks 0..N on this machine (torchrun's
 //! variables, a free loopback port). Rank 0's stdout is this process's; when a rank fails the
-//! others are stopped and its exit is reported.
+//! others are stopped and its exit is reported. The ranks run in their own process group and
+//! the stop signals reach them through this process, once each (a Ctrl-C in a terminal would
+//! otherwise reach them twice: from the terminal and forwarded).
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use signal_hook::iterator::Signals;
 
 use crate::dist::DistEnv;
+use crate::stop::{signal_name, Preempted, PREEMPTED_EXIT, SIGNALS};
 
 pub fn launch_local(nproc: usize) -> Result<()> {
     if DistEnv::from_env()?.is_some() {
@@ -22,6 +27,7 @@ pub fn launch_local(nproc: usize) -> Result<()> {
         .port();
     let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
     let args = without_nproc(std::env::args_os().skip(1));
+    let mut signals = Signals::new(SIGNALS).context("--nproc: cannot watch for signals")?;
     let mut children = Vec::new();
     for rank in 0..nproc {
         let child = Command::new(&exe)
@@ -36,13 +42,28 @@ pub fn launch_local(nproc: usize) -> Result<()> {
             } else {
                 Stdio::null()
             })
+            .process_group(0)
             .spawn()
             .with_context(|| format!("--nproc: cannot start rank {rank}"))?;
         children.push(Some(child));
     }
-    match wait_all(&mut children) {
-        Some(f) => bail!("pretrain --nproc: {f}; the other ranks were stopped"),
-        None => Ok(()),
+    let mut forwarded = None;
+    let end = wait_all(&mut children, || {
+        let mut sent = Vec::new();
+        for sig in signals.pending() {
+            forwarded.get_or_insert(sig);
+            sent.push(sig);
+        }
+        sent
+    });
+    match end {
+        RanksEnd::Failed(f) => bail!("pretrain --nproc: {f}; the other ranks were stopped"),
+        RanksEnd::Preempted => Err(Preempted {
+            cause: signal_name(forwarded.unwrap_or(0)),
+            saved: None,
+        }
+        .into()),
+        RanksEnd::Done => Ok(()),
     }
 }
 
@@ -63,15 +84,34 @@ fn without_nproc(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     out
 }
 
-/// Waits for every rank; at the first failure the others are killed and it is described.
-fn wait_all(children: &mut [Option<Child>]) -> Option<String> {
+/// How the ranks ended.
+enum RanksEnd {
+    Done,
+    /// Every rank saved its state and exited with the preemption status.
+    Preempted,
+    Failed(String),
+}
+
+/// Waits for every rank, forwarding the signals `pending` returns to each running one; at the
+/// first failure the others are killed and it is described.
+fn wait_all(children: &mut [Option<Child>], mut pending: impl FnMut() -> Vec<i32>) -> RanksEnd {
     let world = children.len();
     let mut failed: Option<String> = None;
+    let mut preempted = 0;
     while children.iter().any(Option::is_some) {
+        for sig in pending() {
+            for c in children.iter().flatten() {
+                // SAFETY: kill(2) on a child this process spawned and has not yet reaped, so
+                // the pid cannot have been reused.
+                unsafe { libc::kill(c.id() as i32, sig) };
+            }
+        }
         for (rank, slot) in children.iter_mut().enumerate() {
             if let Some(status) = slot.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 *slot = None;
-                if !status.success() && failed.is_none() {
+                if status.code() == Some(i32::from(PREEMPTED_EXIT)) {
+                    preempted += 1;
+                } else if !status.success() && failed.is_none() {
                     failed = Some(format!("rank {rank} of {world} exited with {status}"));
                 }
             }
@@ -85,5 +125,12 @@ fn wait_all(children: &mut [Option<Child>]) -> Option<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    failed
+    match (failed, preempted) {
+        (Some(f), _) => RanksEnd::Failed(f),
+        (None, 0) => RanksEnd::Done,
+        (None, n) if n == world => RanksEnd::Preempted,
+        (None, n) => RanksEnd::Failed(format!(
+            "{n} of {world} ranks stopped for preemption, the others finished"
+        )),
+    }
 }

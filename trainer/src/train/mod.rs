@@ -25,14 +25,16 @@ use crate::dist::{Dist, DistBackend, DistEnv};
 use crate::methods::{self, Build, Method, StepCtx};
 use crate::metrics::MetricsLog;
 use crate::optim::{LossScaler, Optimizer, Schedule};
+use crate::stop::{Preempted, StopFlag};
 use checkpoint::State;
 use data::{RankShare, StepBatches, ViewMaker};
 use monitor::KnnMonitor;
 use step::{train_step, StepState};
 
-/// `moco-train pretrain` with a decided configuration: the result JSON of SPEC.
-pub fn run(cfg: &PretrainConfig) -> Result<Value> {
-    let mut trainer = Trainer::prepare(cfg)?;
+/// `moco-train pretrain` with a decided configuration: the result JSON of SPEC. When `stop` is
+/// asked for, the run saves a checkpoint after the step it is in and ends with [`Preempted`].
+pub fn run(cfg: &PretrainConfig, stop: StopFlag) -> Result<Value> {
+    let mut trainer = Trainer::prepare(cfg, stop)?;
     trainer.fit()?;
     trainer.finish()
 }
@@ -75,13 +77,6 @@ fn check_device(cfg: &PretrainConfig, device: Device) -> Result<()> {
         crate::amp::set_cuda_dtype(cfg.amp == Amp::Bf16)?;
     }
     Ok(())
-}
-
-fn check_writable(out: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("--out {}: cannot create", out.display()))?;
-    atomic_io::check_dir_writable(out)
-        .with_context(|| format!("--out {}: not writable", out.display()))
 }
 
 /// The pretraining images; the lead rank builds the decoded stores, the others open them once
@@ -240,6 +235,11 @@ pub struct Trainer {
     log: Option<MetricsLog>,
     bar: ProgressBar,
     start: u64,
+    /// The step of the newest checkpoint this process wrote or resumed from.
+    saved: u64,
+    /// The run directory is this process's while the lead rank holds it.
+    _out_lock: Option<atomic_io::lock::FileLock>,
+    stop: StopFlag,
     t0: Instant,
     last_loss: f64,
     last_knn: Option<f64>,
@@ -248,7 +248,7 @@ pub struct Trainer {
 impl Trainer {
     /// Everything before the first step: device and ranks, data, monitor, method and optimizer,
     /// the resume, config.json and the metrics log.
-    pub fn prepare(cfg: &PretrainConfig) -> Result<Trainer> {
+    pub fn prepare(cfg: &PretrainConfig, stop: StopFlag) -> Result<Trainer> {
         let (device, dist) = connect(cfg)?;
         let share = dist.as_ref().map_or(RankShare::ONE, |d| RankShare {
             rank: d.rank,
@@ -257,9 +257,9 @@ impl Trainer {
         let lead = share.rank == 0;
         check_device(cfg, device)?;
         cfg.validate(share.world)?;
-        if lead {
-            check_writable(&cfg.run.out)?;
-        }
+        let out_lock = lead
+            .then(|| crate::run_dir::claim(&cfg.run.out))
+            .transpose()?;
         let progress = cfg.run.progress && lead;
         let bank = open_images(cfg, dist.as_deref(), progress)?;
         let n = bank.len();
@@ -339,6 +339,9 @@ impl Trainer {
             log,
             bar,
             start,
+            saved: start,
+            _out_lock: out_lock,
+            stop,
             t0: Instant::now(),
             last_loss: f64::NAN,
             last_knn: None,
@@ -355,6 +358,9 @@ impl Trainer {
         let per_epoch = self.batches.steps_per_epoch();
         let mut interval = Interval::new(self.kind, self.device);
         for step in self.start..total {
+            if self.stop_agreed()? {
+                return self.stop_before(step, &mut interval);
+            }
             crate::faults::at_step(step);
             let images = self.batches.images_of(step).to_device(self.device);
             let views = self.views.views(&images, step)?;
@@ -398,6 +404,39 @@ impl Trainer {
         }
         self.bar.finish_and_clear();
         Ok(())
+    }
+
+    /// Whether to stop before the next step: asked for on this rank or, in a group, on any (every
+    /// rank stops at the same step).
+    fn stop_agreed(&self) -> Result<bool> {
+        let here = self.stop.asked();
+        let Some(d) = &self.dist else {
+            return Ok(here);
+        };
+        let mut any = Tensor::from(f64::from(u8::from(here))).to_device(self.device);
+        d.average(&mut any)?;
+        Ok(any.double_value(&[]) > 0.0)
+    }
+
+    /// A stop after `done` steps: the open interval logged, a checkpoint unless the newest one is
+    /// of this step, and [`Preempted`] for the caller (the ranks leave together).
+    fn stop_before(&mut self, done: u64, interval: &mut Interval) -> Result<()> {
+        if interval.steps > 0 {
+            let lr = self.schedule.lr(done - 1);
+            self.log_interval(interval, done, lr, None, &[])?;
+        }
+        if done > self.saved {
+            self.checkpoint(done, self.schedule.lr(done - 1))?;
+        }
+        self.bar.abandon();
+        if let Some(d) = &self.dist {
+            d.barrier()?;
+        }
+        Err(Preempted {
+            cause: self.stop.cause(),
+            saved: (self.saved > 0).then(|| (done, checkpoint::file_for(&self.cfg.run.out, done))),
+        }
+        .into())
     }
 
     /// The interval's mean loss (over ranks: the only host synchronisation), checked for NaN/inf
@@ -477,6 +516,7 @@ impl Trainer {
             };
             checkpoint::save(&self.cfg.run.out, self.method.as_ref(), &self.opt, &state)?;
         }
+        self.saved = done;
         Ok(())
     }
 
@@ -492,7 +532,17 @@ impl Trainer {
             }
         }
         let out = &self.cfg.run.out;
-        let vars: HashMap<String, Tensor> = self.method.backbone_variables().into_iter().collect();
+        // The encoder file is float32 whatever the run computed in (SPEC); checkpoints keep the
+        // float64 of the check mode.
+        let vars: HashMap<String, Tensor> = self
+            .method
+            .backbone_variables()
+            .into_iter()
+            .map(|(n, t)| match t.kind() {
+                Kind::Double => (n, t.to_kind(Kind::Float)),
+                _ => (n, t),
+            })
+            .collect();
         let mut encoder = to_tensor_map(&vars, |_| true);
         encoder
             .metadata
@@ -533,10 +583,13 @@ fn resume(
     let Some((path, map, state)) = checkpoint::latest_good(&cfg.run.out) else {
         return Ok(0);
     };
-    if state.world_size != share.world {
-        bail!(
-            "--resume: {} was written by {} rank(s), this run has {}; resume with the same \
-             world size",
+    // Another world size continues the same run: the global batch, its BN groups and the
+    // (seed, step) streams do not depend on it, a checkpoint holds the ranks' mean BN statistics
+    // and the queue every rank shares, and `validate` has refused a world that does not divide
+    // the batch and its BN groups.
+    if state.world_size != share.world && share.rank == 0 {
+        eprintln!(
+            "pretrain: {} was written by {} rank(s); continuing on {}",
             path.display(),
             state.world_size,
             share.world
