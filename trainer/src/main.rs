@@ -189,7 +189,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             a.json,
         ),
         Command::Methods(a) => report(a.run(), a.json),
-        Command::Linear(a) => report(a.to_config().and_then(|c| linear::run(&c)), a.json),
+        Command::Linear(a) => report(
+            a.to_config()
+                .and_then(|c| linear::run(&c, StopFlag::from_signals()?)),
+            a.json,
+        ),
         Command::BenchData(a) => report(a.to_config().and_then(|c| bench::run(&c)), a.json),
         Command::FeatureMaps(a) => {
             report(a.to_config().and_then(|c| feature_maps::run(&c)), a.json)

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    cache_dir, data, fails_with, method_args, pretrain_args, run, stderr, BIN, OTHER_METHODS,
+    cache_dir, data, fails_with, linear_args, method_args, pretrain_args, run, stderr, BIN,
+    OTHER_METHODS,
 };
 
 /// A positive integer from the environment (the long kill script raises these).
@@ -18,6 +19,17 @@ fn env_or(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// `linear` flags: one epoch of the cached-feature probe, its kNN, the JSON result.
+const ONE_FAST_EPOCH_WITH_KNN: [&str; 7] = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--fast",
+    "--knn",
+    "--json",
+];
 
 /// Steps logged so far in a run's metrics (a torn last line does not count).
 fn logged_steps(run: &Path) -> Vec<u64> {
@@ -106,25 +118,11 @@ fn every_method_encoder_feeds_knn_and_linear() {
         assert!(o.status.success(), "{method}: {}", stderr(&o));
         let enc = run_dir.join("encoder.safetensors");
         let lin = tmp.path().join(format!("{method}-lin"));
-        let o = run(&[
-            "linear",
-            "--encoder",
-            enc.to_str().unwrap(),
-            "--data",
-            &data(),
-            "--out",
-            lin.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--fast",
-            "--knn",
-            "--json",
-            "--threads",
-            "1",
-            "--quiet",
-        ]);
+        let o = run(&linear_args(
+            &enc,
+            &lin,
+            &[&ONE_FAST_EPOCH_WITH_KNN[..], &["--quiet"]].concat(),
+        ));
         assert!(o.status.success(), "{method}: {}", stderr(&o));
         let last = String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -328,6 +326,64 @@ fn kill_and_resume(
     let previous = format!("step-{:09}", steps - 2);
     assert!(stderr(&out).contains(&previous), "{}", stderr(&out));
     assert!(std::fs::read(b.join("encoder.safetensors")).unwrap() == ea);
+}
+
+/// `linear` (the augmented protocol, the slow one) stopped by signals at random moments and
+/// resumed each time, until it ends: the classifiers, the predictions and the log as an
+/// uninterrupted run's, byte for byte.
+#[test]
+fn linear_stopped_by_signals_resumes_bit_identical() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tmp.path().join("pre");
+    let o = run(&pretrain_args(&enc, &["--steps", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let args = |out: &Path| {
+        let flags = ["--epochs", "4", "--batch-size", "4", "--quiet", "--resume"];
+        linear_args(&enc.join("encoder.safetensors"), out, &flags)
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let t0 = Instant::now();
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let whole = t0.elapsed().as_secs_f64();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env_or("MOCO_KILL_SEED", 11));
+    let mut stops = 0;
+    for attempt in 0.. {
+        assert!(attempt < 20, "never finished");
+        let child = Command::new(BIN)
+            .args(args(&b))
+            .env("MOCO_CACHE_DIR", cache_dir())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs_f64(rng.random_range(0.3..0.9) * whole));
+        let sig = [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT][attempt % 3];
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        match out.status.code() {
+            Some(PREEMPTED) => stops += 1,
+            Some(0) => break,
+            c => panic!("exit {c:?}: {}", stderr(&out)),
+        }
+        assert!(b.join("linear-checkpoint.safetensors").exists());
+    }
+    assert!(stops >= 1, "no signal landed before the end");
+    for f in [
+        "classifier.safetensors",
+        "classifier_best.safetensors",
+        "val_predictions.csv",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs after {stops} stops"
+        );
+    }
+    let steps = |d: &Path| logged_steps(d);
+    assert_eq!(steps(&a), steps(&b));
+    assert!(!b.join("linear-checkpoint.safetensors").exists());
+    eprintln!("linear: {stops} stops, resumed bit-identical");
 }
 
 #[test]
@@ -559,7 +615,7 @@ fn knn_and_linear_on_a_random_init_report_json() {
 
     // `linear --fast --knn`: the kNN of its cached features is the `knn` command's number.
     let o2 = tmp.path().join("lin-knn");
-    let out = run(&[
+    let mut args = vec![
         "linear",
         "--random-init",
         "--arch",
@@ -568,17 +624,12 @@ fn knn_and_linear_on_a_random_init_report_json() {
         &d,
         "--out",
         o2.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--fast",
-        "--knn",
-        "--json",
         "--threads",
         "1",
         "--quiet",
-    ]);
+    ];
+    args.extend(ONE_FAST_EPOCH_WITH_KNN);
+    let out = run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let last = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -67,6 +67,10 @@ pub struct LinearArgs {
     pub knn: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Continue a run stopped by SIGTERM/SIGINT/SIGUSR1 (exit status 75) from the state it saved
+    /// in --out; without a saved state the run starts from the beginning.
+    #[arg(long)]
+    pub resume: bool,
     #[arg(long)]
     pub quiet: bool,
     #[arg(long)]
@@ -127,6 +131,7 @@ impl LinearArgs {
             knn: self.knn.then_some((200, 0.1)),
             seed: self.seed,
             progress: !self.quiet && !self.json,
+            resume: self.resume,
         })
     }
 }

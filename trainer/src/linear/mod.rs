@@ -6,6 +6,7 @@
 //! instead; `standardize` normalises the features first (MAE's probe, see [`standardize`]).
 
 mod probe;
+mod resume;
 mod standardize;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use crate::config::{Compute, DataSource};
 use crate::data::DecodedSplit;
 use crate::encoder::EncoderSource;
 use crate::optim::EpochDecay;
+use crate::stop::StopFlag;
 pub use standardize::Standardizer;
 
 /// MoCo's probe lr for raw pooled features, and the lr for standardised ones (unit-variance
@@ -68,6 +70,9 @@ pub struct LinearConfig {
     pub knn: Option<(usize, f64)>,
     pub seed: u64,
     pub progress: bool,
+    /// Continue from `linear-checkpoint.safetensors` in `out` (written when a stop signal came).
+    #[serde(default)]
+    pub resume: bool,
 }
 
 impl LinearConfig {
@@ -148,7 +153,9 @@ fn write_predictions(val: &DecodedSplit, logits: &Tensor, path: &Path) -> Result
     Ok(())
 }
 
-pub fn run(c: &LinearConfig) -> Result<Value> {
+/// `moco-train linear`; a stop request saves the probe's state after the step it is in and ends
+/// with [`crate::stop::Preempted`].
+pub fn run(c: &LinearConfig, stop: StopFlag) -> Result<Value> {
     let device = c.compute.setup()?;
     c.check()?;
     let _out_lock = crate::run_dir::claim(&c.out)?;
@@ -162,7 +169,7 @@ pub fn run(c: &LinearConfig) -> Result<Value> {
         &c.out.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
-    let outcome = probe::train(c, &mut backbone, &train, &val, device)?;
+    let outcome = probe::train(c, &mut backbone, &train, &val, device, &stop)?;
     save_classifier(&outcome.fc, &classes, &c.out.join("classifier.safetensors"))?;
     if matches!(c.mode, ProbeMode::Finetune { .. }) {
         let map = models_tch::to_tensor_map(&backbone.vs.variables(), |_| true);

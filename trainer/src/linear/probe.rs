@@ -10,6 +10,7 @@ use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::resume::{self, Position};
 use super::{save_classifier, LinearConfig, ProbeMode, Standardizer};
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::DecodedSplit;
@@ -18,6 +19,7 @@ use crate::features::{self, top1_top5};
 use crate::metrics::MetricsLog;
 use crate::optim::Optimizer;
 use crate::rng::{permutation, stream, Purpose};
+use crate::stop::{Preempted, StopFlag};
 
 pub struct Outcome {
     /// The final classifier on raw features (standardisation folded in).
@@ -152,6 +154,7 @@ pub fn train(
     train: &DecodedSplit,
     val: &DecodedSplit,
     device: Device,
+    stop: &StopFlag,
 ) -> Result<Outcome> {
     tch::manual_seed(c.seed as i64);
     let head_vs = VarStore::new(device);
@@ -184,26 +187,53 @@ pub fn train(
         )?),
         _ => None,
     };
-    let mut log = MetricsLog::open(&c.out.join("metrics.jsonl"), None)?;
+    let buffers = bn_buffers(c, backbone);
+    let pos = {
+        let mut opts: Vec<&mut Optimizer> = vec![&mut opt];
+        opts.extend(backbone_opt.as_mut().map(|(o, _)| o));
+        resume::restore(&c.out, c, &mut opts, &buffers)?
+    };
+    if let Some(p) = &pos {
+        eprintln!(
+            "linear: resumed at epoch {} batch {} (step {})",
+            p.epoch + 1,
+            p.batch,
+            p.step
+        );
+    }
+    let mut pos = pos.unwrap_or_else(Position::start);
+    let mut log = MetricsLog::open(&c.out.join("metrics.jsonl"), Some(pos.step))?;
     let bar = crate::progress::bar(c.epochs as u64, "linear", c.progress);
+    bar.set_position(pos.epoch as u64);
     let t0 = Instant::now();
-    let mut best = (-1.0f64, 0.0f64, 0usize);
-    let mut last = (0.0, 0.0);
     let mut last_logits = Tensor::zeros([0], (Kind::Float, device));
-    let mut step = 0u64;
-    for epoch in 0..c.epochs {
+    while pos.epoch < c.epochs {
+        let epoch = pos.epoch;
         let lr = c.decay.lr(c.lr, epoch, c.epochs);
         let order = permutation(
             &mut stream(c.seed, Purpose::LinearOrder, epoch as u64),
             train.n,
         );
-        let (mut loss_sum, mut seen) = (Tensor::zeros([], (Kind::Float, device)), 0usize);
+        let mut loss_sum = Tensor::from(pos.loss_sum as f32).to_device(device);
         let te = Instant::now();
-        for chunk in order.chunks(c.batch_size) {
+        let seen_before = pos.seen;
+        for chunk in order.chunks(c.batch_size).skip(pos.batch) {
+            if stop.asked() {
+                pos.loss_sum = loss_sum.double_value(&[]);
+                let mut opts: Vec<&Optimizer> = vec![&opt];
+                opts.extend(backbone_opt.as_ref().map(|(o, _)| o));
+                let path = resume::save(&c.out, c, &pos, &opts, &buffers)?;
+                bar.abandon();
+                return Err(Preempted {
+                    cause: stop.cause(),
+                    saved: Some((pos.step, path)),
+                }
+                .into());
+            }
             let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
             let idx_t = Tensor::from_slice(chunk).to(device);
             let targets = train_labels.index_select(0, &idx_t);
-            let feats = src.train_batch(c, train, (&idx, &idx_t), step);
+            let feats = src.train_batch(c, train, (&idx, &idx_t), pos.step);
             opt.zero_grad();
             if let Some((o, _)) = &mut backbone_opt {
                 o.zero_grad();
@@ -218,41 +248,64 @@ pub fn train(
                 o.step(c.decay.lr(*blr, epoch, c.epochs));
             }
             loss_sum += loss.detach() * idx.len() as f64;
-            seen += idx.len();
-            step += 1;
+            pos.seen += idx.len();
+            pos.batch += 1;
+            pos.step += 1;
         }
         let train_secs = te.elapsed().as_secs_f64();
         let fc = raw_fc(&head, src.norm.as_ref());
         let logits = tch::no_grad(|| src.val(val, device).linear(&fc.0, Some(&fc.1)));
         let (top1, top5) = top1_top5(&logits, &val_labels);
-        let loss = loss_sum.double_value(&[]) / seen as f64;
+        let loss = loss_sum.double_value(&[]) / pos.seen as f64;
         if !loss.is_finite() {
             bail!("linear: the loss became {loss} in epoch {epoch}; lower --lr");
         }
         log.write(&json!({
-            "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr, "top1": top1, "top5": top5,
-            "images_per_sec": seen as f64 / train_secs.max(1e-9),
+            "epoch": epoch + 1, "step": pos.step, "loss": loss, "lr": lr, "top1": top1, "top5": top5,
+            "images_per_sec": (pos.seen - seen_before) as f64 / train_secs.max(1e-9),
             "wall_time": t0.elapsed().as_secs_f64(),
         }))?;
-        if top1 > best.0 {
-            best = (top1, top5, epoch + 1);
+        if top1 > pos.best.0 {
+            pos.best = (top1, top5, epoch + 1);
             save_classifier(&fc, classes, &c.out.join("classifier_best.safetensors"))?;
         }
-        last = (top1, top5);
+        pos.last = (top1, top5);
         last_logits = logits;
         bar.set_message(format!(
             "linear loss {loss:.3} val top-1 {:.1} %",
             100.0 * top1
         ));
         bar.inc(1);
+        pos = Position {
+            epoch: epoch + 1,
+            step: pos.step,
+            best: pos.best,
+            last: pos.last,
+            ..Position::default()
+        };
     }
     bar.finish_and_clear();
+    let _ = std::fs::remove_file(resume::path(&c.out));
     Ok(Outcome {
         fc: raw_fc(&head, src.norm.as_ref()),
-        last,
-        best,
+        last: pos.last,
+        best: pos.best,
         last_logits,
         seconds: t0.elapsed().as_secs_f64(),
         knn,
     })
+}
+
+/// A fine-tuned backbone's BatchNorm statistics (they move with its training forwards); nothing
+/// for a frozen one.
+fn bn_buffers(c: &LinearConfig, backbone: &Backbone) -> Vec<(String, Tensor)> {
+    match c.mode {
+        ProbeMode::Finetune { .. } => backbone
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect(),
+        _ => Vec::new(),
+    }
 }

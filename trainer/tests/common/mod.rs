@@ -122,3 +122,20 @@ pub fn method_args(out: &Path, method: &str, extra: &[&str]) -> Vec<String> {
     );
     v
 }
+
+/// A `linear` command line on an encoder file, one thread, then `extra`.
+pub fn linear_args(encoder: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "linear".into(),
+        "--encoder".into(),
+        encoder.display().to_string(),
+        "--data".into(),
+        data(),
+        "--out".into(),
+        out.display().to_string(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
