@@ -117,11 +117,24 @@ impl DecodedSplit {
         let path = cache_dir.join(format!("{}-{hex}.u8", split.split.name()));
         let want = header(size, split.samples.len(), &fp);
         let len = (HEADER + split.samples.len() * (size * size * 3) as usize) as u64;
-        let _turn = take_turn(&path)?;
-        if !is_valid(&path, &want, len) {
-            build(split, size, &path, &want, progress)?;
-        }
-        let map = map_checked(&path, &want, len)?;
+        let lock_path = path.with_extension("lock");
+        let valid = {
+            // Readers share the lock; a builder holds it alone, so a reader never sees half a store.
+            let _reading = wait_for(&lock_path, &path, Access::Read)?;
+            is_valid(&path, &want, len)
+                .then(|| map_checked(&path, &want, len))
+                .transpose()?
+        };
+        let map = match valid {
+            Some(map) => map,
+            None => {
+                let _building = wait_for(&lock_path, &path, Access::Build)?;
+                if !is_valid(&path, &want, len) {
+                    build(split, size, &path, &want, progress)?;
+                }
+                map_checked(&path, &want, len)?
+            }
+        };
         Ok(DecodedSplit {
             size,
             n: split.samples.len(),
@@ -153,20 +166,36 @@ impl DecodedSplit {
     }
 }
 
-/// This process's turn at the store `path` (the lock file beside it), waiting for another
-/// process that holds it (building it, most likely).
-fn take_turn(path: &Path) -> Result<atomic_io::lock::FileLock> {
-    let lock_path = path.with_extension("lock");
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    Read,
+    Build,
+}
+
+/// The store's lock file taken for `access`, saying so when another process makes this one wait.
+fn wait_for(lock_path: &Path, store: &Path, access: Access) -> Result<atomic_io::lock::FileLock> {
+    use atomic_io::lock;
     let ctx = || format!("{}: cannot lock the decoded store", lock_path.display());
-    if let Some(l) = atomic_io::lock::try_lock(&lock_path).with_context(ctx)? {
+    let now = match access {
+        Access::Read => lock::try_lock_shared(lock_path),
+        Access::Build => lock::try_lock(lock_path),
+    };
+    if let Some(l) = now.with_context(ctx)? {
         return Ok(l);
     }
-    eprintln!(
-        "waiting for another process (pid {}) building {}",
-        atomic_io::lock::holder(&lock_path).map_or("?".into(), |p| p.to_string()),
-        path.display()
-    );
-    atomic_io::lock::lock(&lock_path).with_context(ctx)
+    match access {
+        Access::Read => eprintln!(
+            "waiting for another process (pid {}) building {}",
+            lock::holder(lock_path).map_or("?".into(), |p| p.to_string()),
+            store.display()
+        ),
+        Access::Build => eprintln!("waiting for another process using {}", store.display()),
+    }
+    match access {
+        Access::Read => lock::lock_shared(lock_path),
+        Access::Build => lock::lock(lock_path),
+    }
+    .with_context(ctx)
 }
 
 /// Whether the file at `path` has the wanted header and length, read without mapping it.
