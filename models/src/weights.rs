@@ -39,31 +39,29 @@ pub struct TensorData {
 }
 
 impl TensorData {
-    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len());
+    /// `n` values of `dtype` already in little-endian bytes, checked against `shape`.
+    fn packed(dtype: DType, shape: Vec<usize>, n: usize, bytes: Vec<u8>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), n);
         TensorData {
-            dtype: DType::F32,
+            dtype,
             shape,
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            bytes,
         }
+    }
+
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::packed(DType::F32, shape, values.len(), bytes)
     }
 
     pub fn from_f64(shape: Vec<usize>, values: &[f64]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len());
-        TensorData {
-            dtype: DType::F64,
-            shape,
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::packed(DType::F64, shape, values.len(), bytes)
     }
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len());
-        TensorData {
-            dtype: DType::I64,
-            shape,
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::packed(DType::I64, shape, values.len(), bytes)
     }
 
     pub fn numel(&self) -> usize {

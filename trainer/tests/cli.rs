@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    cache_dir, data, fails_with, linear_args, method_args, pretrain_args, run, stderr, BIN,
-    OTHER_METHODS,
+    cache_dir, data, fails_with, last_json, linear_args, method_args, pretrain_args, run, stderr,
+    BIN, OTHER_METHODS,
 };
 
 /// A positive integer from the environment (the long kill script raises these).
@@ -124,12 +124,7 @@ fn every_method_encoder_feeds_knn_and_linear() {
             &[&ONE_FAST_EPOCH_WITH_KNN[..], &["--quiet"]].concat(),
         ));
         assert!(o.status.success(), "{method}: {}", stderr(&o));
-        let last = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .to_string();
-        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        let v = last_json(&o);
         assert!(
             v["knn_top1"].is_f64() && v["top1"].is_f64(),
             "{method}: {v}"
@@ -567,12 +562,7 @@ fn knn_and_linear_on_a_random_init_report_json() {
         "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let last = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let v = last_json(&out);
     let top1 = v["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && v["n"] == 12);
 
@@ -597,12 +587,7 @@ fn knn_and_linear_on_a_random_init_report_json() {
         "--quiet",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let last = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let v = last_json(&out);
     assert!(
         v["top1"].as_f64().unwrap() >= 0.0
             && v["top5"].as_f64().unwrap() >= v["top1"].as_f64().unwrap()
@@ -631,12 +616,7 @@ fn knn_and_linear_on_a_random_init_report_json() {
     args.extend(ONE_FAST_EPOCH_WITH_KNN);
     let out = run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    let last = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let v = last_json(&out);
     assert_eq!(v["knn_top1"].as_f64(), Some(top1), "{v}");
 }
 

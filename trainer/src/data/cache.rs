@@ -121,18 +121,24 @@ impl DecodedSplit {
         let valid = {
             // Readers share the lock; a builder holds it alone, so a reader never sees half a store.
             let _reading = wait_for(&lock_path, &path, Access::Read)?;
-            is_valid(&path, &want, len)
-                .then(|| map_checked(&path, &want, len))
-                .transpose()?
+            map_if_valid(&path, &want, len)?
         };
         let map = match valid {
             Some(map) => map,
             None => {
                 let _building = wait_for(&lock_path, &path, Access::Build)?;
-                if !is_valid(&path, &want, len) {
-                    build(split, size, &path, &want, progress)?;
+                match map_if_valid(&path, &want, len)? {
+                    Some(map) => map,
+                    None => {
+                        build(split, size, &path, &want, progress)?;
+                        map_if_valid(&path, &want, len)?.with_context(|| {
+                            format!(
+                                "{}: the decoded store just built does not check",
+                                path.display()
+                            )
+                        })?
+                    }
                 }
-                map_checked(&path, &want, len)?
             }
         };
         Ok(DecodedSplit {
@@ -198,35 +204,25 @@ fn wait_for(lock_path: &Path, store: &Path, access: Access) -> Result<atomic_io:
     .with_context(ctx)
 }
 
-/// Whether the file at `path` has the wanted header and length, read without mapping it.
-fn is_valid(path: &Path, want: &[u8; HEADER], len: u64) -> bool {
+/// The store mapped when the file at `path` has the wanted length and header, read from the open
+/// file before it is mapped (a mapping of a truncated file is a SIGBUS at the first touch past its
+/// end); `None` when it is missing or another store.
+fn map_if_valid(path: &Path, want: &[u8; HEADER], len: u64) -> Result<Option<Mmap>> {
     let Ok(mut f) = File::open(path) else {
-        return false;
+        return Ok(None);
     };
     let mut head = [0u8; HEADER];
-    f.metadata().is_ok_and(|m| m.len() == len)
+    let whole = f.metadata().is_ok_and(|m| m.len() == len)
         && std::io::Read::read_exact(&mut f, &mut head).is_ok()
-        && head == *want
-}
-
-/// The store mapped, after its length and header are checked on the open file (so a store
-/// swapped between the check and the map is caught too).
-fn map_checked(path: &Path, want: &[u8; HEADER], len: u64) -> Result<Mmap> {
-    let ctx = || format!("{}: cannot open the decoded store", path.display());
-    let mut f = File::open(path).with_context(ctx)?;
-    let mut head = [0u8; HEADER];
-    let size = f.metadata().with_context(ctx)?.len();
-    std::io::Read::read_exact(&mut f, &mut head).with_context(ctx)?;
-    if size != len || head != *want {
-        bail!(
-            "{}: the decoded store changed under this process ({size} bytes, {len} expected); \
-             run again to rebuild it",
-            path.display()
-        );
+        && head == *want;
+    if !whole {
+        return Ok(None);
     }
     // SAFETY: the file has the checked length; stores are replaced by rename, never rewritten
     // in place, so the mapped inode keeps its length while it is mapped.
-    unsafe { Mmap::map(&f) }.with_context(ctx)
+    let map = unsafe { Mmap::map(&f) }
+        .with_context(|| format!("{}: cannot map the decoded store", path.display()))?;
+    Ok(Some(map))
 }
 
 /// Temp files of builds killed half-way (only the holder of the store's lock builds, so any

@@ -358,7 +358,7 @@ impl Trainer {
         let per_epoch = self.batches.steps_per_epoch();
         let mut interval = Interval::new(self.kind, self.device);
         for step in self.start..total {
-            if self.stop_agreed()? {
+            if self.stop_agreed(step)? {
                 return self.stop_before(step, &mut interval);
             }
             crate::faults::at_step(step);
@@ -406,13 +406,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// Whether to stop before the next step: asked for on this rank or, in a group, on any (every
-    /// rank stops at the same step).
-    fn stop_agreed(&self) -> Result<bool> {
+    /// Whether to stop before `step`: asked for on this rank or, in a group, on any. A group
+    /// agrees only where the loop already waits for the device and the ranks (after a logged
+    /// step), so that the stop adds no synchronisation to the steps in between; every rank then
+    /// stops at the same step, at most `--log-every` steps after the signal.
+    fn stop_agreed(&self, step: u64) -> Result<bool> {
         let here = self.stop.asked();
         let Some(d) = &self.dist else {
             return Ok(here);
         };
+        if step == self.start || !step.is_multiple_of(self.cfg.run.log_every.max(1)) {
+            return Ok(false);
+        }
         let mut any = Tensor::from(f64::from(u8::from(here))).to_device(self.device);
         d.average(&mut any)?;
         Ok(any.double_value(&[]) > 0.0)

@@ -139,3 +139,10 @@ pub fn linear_args(encoder: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
+
+/// The JSON object on the last line of a command's stdout (`--json`).
+pub fn last_json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let last = out.lines().last().expect("a JSON line on stdout");
+    serde_json::from_str(last).expect("the last stdout line is JSON")
+}
