@@ -31,6 +31,16 @@ impl FromStr for Format {
     }
 }
 
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Folder => "folder",
+            Format::Competition => "competition",
+            Format::Stl10 => "stl10",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {

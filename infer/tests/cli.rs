@@ -129,6 +129,123 @@ fn ort_and_tract_agree_and_write_the_csv() {
     }
 }
 
+/// The competition's shape: numbered PNGs, a torch.save label tensor and 800 classes, through
+/// both backends. Random weights: what is checked is the bookkeeping past a byte of classes.
+#[test]
+fn eight_hundred_classes_in_the_competition_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("comp");
+    let cfg = datasets::synth::SynthConfig {
+        classes: 800,
+        train_per_class: 0,
+        val_per_class: 1,
+        unlabeled: 0,
+        seed: 2,
+        layout: datasets::Format::Competition,
+    };
+    datasets::synth::write_dataset(&root, &cfg, false).unwrap();
+    let desc = ResNetDesc::new(Arch::Resnet18);
+    let (enc, cls) = (
+        dir.path().join("e.safetensors"),
+        dir.path().join("c.safetensors"),
+    );
+    random_backbone(&desc, 3).save(&enc).unwrap();
+    random_classifier(&Classifier::new(desc.feature_dim, 800), 3)
+        .save(&cls)
+        .unwrap();
+    let model = dir.path().join("m.onnx");
+    export(
+        &LoadOptions::new(&enc, Some(&cls)),
+        ExportOptions::default(),
+        &model,
+    )
+    .unwrap();
+    let mut predicted = Vec::new();
+    for backend in ["ort", "tract"] {
+        let pred = dir.path().join(format!("{backend}.csv"));
+        let (ok, stdout, stderr) = run(&[
+            "--model",
+            s(&model),
+            "--data",
+            s(&root),
+            "--backend",
+            backend,
+            "--predictions",
+            s(&pred),
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        let j = last_json(&stdout);
+        assert_eq!(j["n"], 800);
+        let per_class = j["per_class"].as_array().unwrap();
+        assert_eq!(per_class.len(), 800);
+        assert_eq!(per_class[799]["class"], "799");
+        assert_eq!(per_class[799]["n"], 1);
+        let rows: Vec<Vec<String>> = fs::read_to_string(&pred)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        let labels: Vec<usize> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
+        let mut sorted = labels.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..800).collect::<Vec<_>>(), "one image per class");
+        assert_eq!(rows[0][0], "val/0.png");
+        predicted.push(rows.into_iter().map(|r| r[1].clone()).collect::<Vec<_>>());
+    }
+    // fp32 rounding differs between the backends: a near-tie of 800 random logits may flip.
+    let same = predicted[0]
+        .iter()
+        .zip(&predicted[1])
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(same >= 792, "ort and tract agree on {same} of 800");
+}
+
+#[test]
+fn a_predictions_file_past_the_file_size_limit_is_an_error_and_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let f = fixture();
+    let out = f.model.parent().unwrap().join("preds");
+    fs::create_dir_all(&out).unwrap();
+    let pred = out.join("p.csv");
+    let mut cmd = bin();
+    cmd.args([
+        "--model",
+        s(&f.model),
+        "--data",
+        s(&f.root),
+        "--predictions",
+        s(&pred),
+    ]);
+    // SAFETY: setrlimit is async-signal-safe, as a pre_exec hook requires. 200 bytes: the
+    // CSV of 12 rows is about 400.
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 200,
+                rlim_max: 200,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.trim().lines().last().unwrap();
+    assert!(
+        last.contains("p.csv") && last.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "a file was left");
+}
+
 #[test]
 fn unlabeled_split_gives_predictions_without_accuracy() {
     let f = fixture();

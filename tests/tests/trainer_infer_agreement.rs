@@ -55,6 +55,7 @@ fn agree(linear_flags: &[&str]) {
         val_per_class: 10,
         unlabeled: 16,
         seed: 2,
+        ..Default::default()
     };
     datasets::synth::write_dataset(&data, &cfg, false).unwrap();
     let cache = tmp.path().join("cache");

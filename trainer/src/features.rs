@@ -26,11 +26,11 @@ pub fn extract(
     let bar = crate::progress::bar(split.n as u64, what, progress);
     let mut out = Vec::new();
     tch::no_grad(|| {
-        let idx: Vec<usize> = (0..split.n).collect();
-        for chunk in idx.chunks(batch.max(1)) {
-            let x = eval_input(&split.batch(chunk), pre, device);
+        for start in (0..split.n).step_by(batch.max(1)) {
+            let range = start..(start + batch.max(1)).min(split.n);
+            let x = eval_input(&split.batch_in_order(range.clone()), pre, device);
             out.push(backbone.forward_t(&x, false));
-            bar.inc(chunk.len() as u64);
+            bar.inc(range.len() as u64);
         }
     });
     bar.finish_and_clear();

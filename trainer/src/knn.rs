@@ -17,8 +17,48 @@ pub struct KnnResult {
     pub predictions: Vec<i64>,
 }
 
-/// Class votes `[Q, C]` of weighted kNN: the `k` most similar bank rows (cosine) vote for their
-/// label with weight exp(sim/T).
+/// A labeled feature bank for weighted kNN: l2-normalized once, then queried in batches.
+pub struct KnnBank {
+    features: Tensor,
+    labels: Tensor,
+    classes: i64,
+}
+
+impl KnnBank {
+    /// `features` `[B, D]` (normalized here), `labels` `[B]` in `0..classes`.
+    pub fn new(features: &Tensor, labels: &Tensor, classes: usize) -> KnnBank {
+        KnnBank {
+            features: crate::loss::normalize(features),
+            labels: labels.shallow_clone(),
+            classes: classes as i64,
+        }
+    }
+
+    /// Class votes `[Q, C]`: the `k` most similar bank rows (cosine) vote for their label with
+    /// weight exp(sim/T). The votes are scattered into `[Q, C]` directly; a one-hot `[Q, k, C]`
+    /// would be 655 MB per 1,024 queries at k = 200 over 800 classes.
+    pub fn votes(&self, queries: &Tensor, k: usize, t: f64) -> Tensor {
+        let k = (k as i64).min(self.features.size()[0]);
+        let queries = crate::loss::normalize(queries);
+        let mut scores = Vec::new();
+        tch::no_grad(|| {
+            for q in queries.split(1024, 0) {
+                let sim = q.mm(&self.features.transpose(0, 1));
+                let (w, idx) = sim.topk(k, 1, true, true);
+                let labels = self
+                    .labels
+                    .index_select(0, &idx.flatten(0, -1))
+                    .view([-1, k]);
+                let weights = (w / t).exp();
+                let zeros = Tensor::zeros([q.size()[0], self.classes], (Kind::Float, q.device()));
+                scores.push(zeros.scatter_add(1, &labels, &weights));
+            }
+        });
+        Tensor::cat(&scores, 0)
+    }
+}
+
+/// Class votes `[Q, C]` of weighted kNN over a bank used once (see [`KnnBank::votes`]).
 pub fn votes(
     bank: &Tensor,
     bank_labels: &Tensor,
@@ -27,29 +67,7 @@ pub fn votes(
     k: usize,
     t: f64,
 ) -> Tensor {
-    let k = (k as i64).min(bank.size()[0]);
-    let bank = crate::loss::normalize(bank);
-    let queries = crate::loss::normalize(queries);
-    let c = classes as i64;
-    let mut scores = Vec::new();
-    tch::no_grad(|| {
-        for q in queries.split(1024, 0) {
-            let sim = q.mm(&bank.transpose(0, 1));
-            let (w, idx) = sim.topk(k, 1, true, true);
-            let labels = bank_labels
-                .index_select(0, &idx.flatten(0, -1))
-                .view([-1, k]);
-            let weights = (w / t).exp();
-            let one_hot = Tensor::zeros([q.size()[0], k, c], (Kind::Float, q.device()))
-                .scatter_value(2, &labels.unsqueeze(2), 1.0);
-            scores.push((one_hot * weights.unsqueeze(2)).sum_dim_intlist(
-                &[1i64][..],
-                false,
-                Kind::Float,
-            ));
-        }
-    });
-    Tensor::cat(&scores, 0)
+    KnnBank::new(bank, bank_labels, classes).votes(queries, k, t)
 }
 
 /// Weighted kNN over `bank` (features `[B,D]`, labels `[B]`) for `queries` `[Q,D]`.
@@ -173,4 +191,38 @@ pub fn run(c: &KnnConfig) -> Result<serde_json::Value> {
         "arch": backbone.arch.name(),
         "encoder": c.encoder.path().map(|p| p.display().to_string()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The votes as the InstDisc/MoCo monitor writes them: a one-hot `[Q, k, C]` weighted and
+    /// summed over k.
+    fn one_hot_votes(bank: &Tensor, labels: &Tensor, q: &Tensor, c: i64, k: i64, t: f64) -> Tensor {
+        let sim = crate::loss::normalize(q).mm(&crate::loss::normalize(bank).transpose(0, 1));
+        let (w, idx) = sim.topk(k, 1, true, true);
+        let l = labels.index_select(0, &idx.flatten(0, -1)).view([-1, k]);
+        let one_hot = Tensor::zeros([q.size()[0], k, c], (Kind::Float, q.device())).scatter_value(
+            2,
+            &l.unsqueeze(2),
+            1.0,
+        );
+        (one_hot * (w / t).exp().unsqueeze(2)).sum_dim_intlist(&[1i64][..], false, Kind::Float)
+    }
+
+    #[test]
+    fn scattered_votes_equal_the_one_hot_sum() {
+        tch::manual_seed(3);
+        let (c, k) = (300, 20);
+        let bank = Tensor::randn([500, 16], (Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::randint(c, [500], (Kind::Int64, tch::Device::Cpu));
+        let q = Tensor::randn([1100, 16], (Kind::Float, tch::Device::Cpu));
+        let got = votes(&bank, &labels, &q, c as usize, k as usize, 0.1);
+        let want = one_hot_votes(&bank, &labels, &q, c, k, 0.1);
+        // exp(sim / 0.1) ≤ e^10: fp32 sums of 20 such terms in another order differ by a few ulp.
+        let rel = ((&got - &want).abs().max() / want.abs().max()).double_value(&[]);
+        assert!(rel < 1e-6, "relative difference {rel}");
+        assert_eq!(got.argmax(1, false), want.argmax(1, false));
+    }
 }

@@ -118,27 +118,52 @@ fn entropy(p: &Tensor) -> Tensor {
     -(p * p.clamp_min(1e-12).log()).sum_dim_intlist(&[1i64][..], false, Kind::Float)
 }
 
+/// The contrastive strategy's negatives: a fixed random sample of the pool (their indices and
+/// normalized eval features), forwarded on their own so the pool's features are never all held.
+fn negatives(
+    backbone: &Backbone,
+    split: &DecodedSplit,
+    c: &LabelRequestConfig,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let s = &c.contrastive;
+    let m = s.negatives.min(split.n - 1).max(1);
+    let picked = crate::rng::permutation(&mut stream(s.seed, Purpose::Sample, 0), split.n);
+    let picked = &picked[..m];
+    let pre = Preprocess::default();
+    let feats = tch::no_grad(|| {
+        let parts: Vec<Tensor> = picked
+            .chunks(c.batch_size.max(1))
+            .map(|chunk| {
+                let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
+                let x = features::eval_input(&split.batch(&idx), &pre, device);
+                backbone.net.forward_t(&x, false)
+            })
+            .collect();
+        normalize(&Tensor::cat(&parts, 0))
+    });
+    (Tensor::from_slice(picked).to(device), feats)
+}
+
 /// Per-image InfoNCE of two aug+ views: the positive is the other view, the negatives a fixed
 /// random sample of other images' eval features (an image is never its own negative).
 fn contrastive_loss(
     backbone: &Backbone,
     split: &DecodedSplit,
-    eval_feats: &Tensor,
     c: &LabelRequestConfig,
     device: Device,
 ) -> Tensor {
     let (n, s, size) = (split.n, &c.contrastive, c.data.size);
-    let m = s.negatives.min(n - 1).max(1);
-    let picked = crate::rng::permutation(&mut stream(s.seed, Purpose::Sample, 0), n);
-    let neg_idx = Tensor::from_slice(&picked[..m]).to(device);
-    let negs = normalize(&eval_feats.index_select(0, &neg_idx));
+    let (neg_idx, negs) = negatives(backbone, split, c, device);
     let aug = Augmenter::new(AugConfig::mocov2(size), &Preprocess::default(), device);
     let bar = crate::progress::bar(n as u64, "contrastive scores", c.progress);
     let mut out = Vec::new();
     tch::no_grad(|| {
         let idx: Vec<usize> = (0..n).collect();
         for (i, chunk) in idx.chunks(c.batch_size.max(1)).enumerate() {
-            let images = split.batch(chunk).to_device(device);
+            let images = split
+                .batch_in_order(chunk[0]..chunk[0] + chunk.len())
+                .to_device(device);
             let mut rng = stream(s.seed, Purpose::Augment, i as u64);
             let b = chunk.len();
             let v1 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
@@ -161,10 +186,11 @@ fn contrastive_loss(
     Tensor::cat(&out, 0)
 }
 
-/// Greedy farthest-first selection: `budget` rows of `feats`, starting from `centers`.
-/// Returns the picks in order with their distance (1 − cosine) to the nearest center when picked.
-fn k_center(feats: &Tensor, centers: &Tensor, budget: usize) -> Vec<(usize, f64)> {
-    let f = normalize(feats);
+/// Greedy farthest-first selection: `budget` rows of `f` (l2-normalized), starting from
+/// `centers`. Returns the picks in order with their distance (1 − cosine) to the nearest center
+/// when picked. Each pick reads every row once: O(N · budget), the one strategy that must hold
+/// every pool feature.
+fn k_center(f: &Tensor, centers: &Tensor, budget: usize) -> Vec<(usize, f64)> {
     let c = normalize(centers);
     let mut dist = tch::no_grad(|| {
         let parts: Vec<Tensor> = f
@@ -252,34 +278,44 @@ fn open_splits(c: &LabelRequestConfig) -> Result<(DecodedSplit, DecodedSplit)> {
     Ok((pool, labeled))
 }
 
-/// The frozen features of the pool and, where needed, of the labeled split.
-struct Features {
-    pool: Tensor,
-    labeled: Option<Tensor>,
+/// Where the pool's class probabilities come from.
+enum Prober {
+    /// A linear classifier's softmax.
+    Head(Tensor, Tensor),
+    /// Normalized kNN votes of the labeled split.
+    Knn(crate::knn::KnnBank, usize, f64),
 }
 
-/// Class probabilities of the pool `[N, C]`: the classifier's softmax, or normalised kNN votes.
-fn probabilities(
-    c: &LabelRequestConfig,
-    f: &Features,
-    head: Option<&(Tensor, Tensor)>,
-    labeled: &DecodedSplit,
-    device: Device,
-) -> Tensor {
-    tch::no_grad(|| match head {
-        Some((w, b)) => f.pool.linear(w, Some(b)).softmax(1, Kind::Float),
-        None => {
-            let votes = crate::knn::votes(
-                f.labeled.as_ref().expect("computed without a classifier"),
-                &features::labels(labeled, device),
-                &f.pool,
-                labeled.classes.len(),
-                c.k,
-                c.t,
-            );
-            &votes / votes.sum_dim_intlist(&[1i64][..], true, Kind::Float)
+impl Prober {
+    fn probabilities(&self, feats: &Tensor) -> Tensor {
+        match self {
+            Prober::Head(w, b) => feats.linear(w, Some(b)).softmax(1, Kind::Float),
+            Prober::Knn(bank, k, t) => {
+                let votes = bank.votes(feats, *k, *t);
+                &votes / votes.sum_dim_intlist(&[1i64][..], true, Kind::Float)
+            }
         }
-    })
+    }
+
+    fn source(&self) -> &'static str {
+        match self {
+            Prober::Head(..) => "the classifier",
+            Prober::Knn(..) => "kNN on the labeled split",
+        }
+    }
+}
+
+/// What the strategies need of each pool image, computed one batch at a time: the pool's class
+/// probabilities (`[N, C]`, 1.6 GB for 512,000 images over 800 classes) are never held whole.
+#[derive(Default)]
+struct PoolScores {
+    pred: Vec<i64>,
+    conf: Vec<f64>,
+    entropy: Vec<f64>,
+    /// Top-1 minus top-2 probability (the top-1 probability with one class).
+    margin: Vec<f64>,
+    /// Normalized eval features, kept only for k-center.
+    features: Vec<Tensor>,
 }
 
 fn host(t: Tensor) -> Result<Vec<f64>> {
@@ -288,55 +324,99 @@ fn host(t: Tensor) -> Result<Vec<f64>> {
     )?)
 }
 
-/// The first `budget` of the pool by descending score (ties: lower index first).
-fn ranked_by(score: Vec<f64>, budget: usize) -> Vec<(usize, f64)> {
+impl PoolScores {
+    fn add(&mut self, probs: &Tensor) -> Result<()> {
+        let classes = probs.size()[1];
+        let top2 = probs.topk(2.min(classes), 1, true, true).0;
+        let top1 = top2.select(1, 0);
+        let gap = if classes > 1 {
+            &top1 - top2.select(1, 1)
+        } else {
+            top1.shallow_clone()
+        };
+        self.conf.extend(host(top1)?);
+        self.margin.extend(host(gap)?);
+        self.entropy.extend(host(entropy(probs))?);
+        self.pred.extend(Vec::<i64>::try_from(
+            probs.argmax(1, false).to_device(Device::Cpu),
+        )?);
+        Ok(())
+    }
+}
+
+/// One pass over the pool: features, probabilities, and the per-image scores.
+fn score_pool(
+    c: &LabelRequestConfig,
+    backbone: &Backbone,
+    pool: &DecodedSplit,
+    prober: &Prober,
+    device: Device,
+) -> Result<PoolScores> {
+    let keep_features = c.strategy == Strategy::Kcenter;
+    let pre = Preprocess::default();
+    let bar = crate::progress::bar(pool.n as u64, "pool features", c.progress);
+    let mut scores = PoolScores::default();
+    let idx: Vec<usize> = (0..pool.n).collect();
+    for chunk in idx.chunks(c.batch_size.max(1)) {
+        let images = pool.batch_in_order(chunk[0]..chunk[0] + chunk.len());
+        let feats = tch::no_grad(|| {
+            backbone
+                .net
+                .forward_t(&features::eval_input(&images, &pre, device), false)
+        });
+        scores.add(&tch::no_grad(|| prober.probabilities(&feats)))?;
+        if keep_features {
+            scores.features.push(normalize(&feats));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(scores)
+}
+
+/// The first `budget` of the pool by descending score (ties: lower index first): a partial
+/// selection, then a sort of the budget only.
+fn ranked_by(score: &[f64], budget: usize) -> Vec<(usize, f64)> {
+    let by_score = |&x: &usize, &y: &usize| score[y].total_cmp(&score[x]).then(x.cmp(&y));
     let mut order: Vec<usize> = (0..score.len()).collect();
-    order.sort_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
-    order
-        .into_iter()
-        .take(budget)
-        .map(|i| (i, score[i]))
-        .collect()
+    let budget = budget.min(order.len());
+    if budget < order.len() {
+        order.select_nth_unstable_by(budget, by_score);
+        order.truncate(budget);
+    }
+    order.sort_by(by_score);
+    order.into_iter().map(|i| (i, score[i])).collect()
 }
 
 /// The request: (pool index, score) in the order to label.
 fn pick(
     c: &LabelRequestConfig,
-    probs: &Tensor,
-    pred: &[i64],
-    f: &Features,
+    scores: &PoolScores,
+    labeled_features: Option<&Tensor>,
     (backbone, pool): (&Backbone, &DecodedSplit),
+    classes: usize,
     device: Device,
 ) -> Result<Vec<(usize, f64)>> {
-    let classes = probs.size()[1];
     Ok(match c.strategy {
-        Strategy::Entropy => ranked_by(host(entropy(probs))?, c.budget),
+        Strategy::Entropy => ranked_by(&scores.entropy, c.budget),
+        // Higher score = requested first: the negated margin.
         Strategy::Margin => {
-            let top2 = probs.topk(2.min(classes), 1, true, true).0;
-            let gap = if classes > 1 {
-                top2.select(1, 0) - top2.select(1, 1)
-            } else {
-                top2.select(1, 0)
-            };
-            // Higher score = requested first: the negated margin.
-            ranked_by(host(-gap)?, c.budget)
+            let neg: Vec<f64> = scores.margin.iter().map(|m| -m).collect();
+            ranked_by(&neg, c.budget)
         }
         Strategy::Contrastive => ranked_by(
-            host(contrastive_loss(backbone, pool, &f.pool, c, device))?,
+            &host(contrastive_loss(backbone, pool, c, device))?,
             c.budget,
         ),
         Strategy::Kcenter => k_center(
-            &f.pool,
-            f.labeled.as_ref().expect("computed for k-center"),
+            &Tensor::cat(&scores.features, 0),
+            labeled_features.expect("computed for k-center"),
             c.budget,
         ),
-        Strategy::Balanced => {
-            let h = host(entropy(probs))?;
-            balanced(pred, &h, classes as usize, c.budget)
-                .into_iter()
-                .map(|i| (i, h[i]))
-                .collect()
-        }
+        Strategy::Balanced => balanced(&scores.pred, &scores.entropy, classes, c.budget)
+            .into_iter()
+            .map(|i| (i, scores.entropy[i]))
+            .collect(),
     })
 }
 
@@ -393,23 +473,44 @@ pub fn run(c: &LabelRequestConfig) -> Result<Value> {
         Some(p) => Some(load_classifier(p, dim, &classes, device)?),
         None => None,
     };
-    let (pre, bs) = (Preprocess::default(), c.batch_size);
-    let extract = |s: &DecodedSplit, what: &str| {
-        features::extract(&backbone.net, s, &pre, device, bs, c.progress, what)
-    };
     // The labeled split's features serve the kNN probabilities and k-center's starting
     // centers; with a classifier and another strategy they are not computed.
-    let f = Features {
-        pool: extract(&pool, "features"),
-        labeled: (head.is_none() || c.strategy == Strategy::Kcenter)
-            .then(|| extract(&labeled, "labeled features")),
+    let labeled_features = (head.is_none() || c.strategy == Strategy::Kcenter).then(|| {
+        let pre = Preprocess::default();
+        features::extract(
+            &backbone.net,
+            &labeled,
+            &pre,
+            device,
+            c.batch_size,
+            c.progress,
+            "labeled features",
+        )
+    });
+    let prober = match head {
+        Some((w, b)) => Prober::Head(w, b),
+        None => Prober::Knn(
+            crate::knn::KnnBank::new(
+                labeled_features
+                    .as_ref()
+                    .expect("computed without a classifier"),
+                &features::labels(&labeled, device),
+                classes.len(),
+            ),
+            c.k,
+            c.t,
+        ),
     };
-    let probs = probabilities(c, &f, head.as_ref(), &labeled, device);
-    let (conf, pred) = probs.max_dim(1, false);
-    let pred = Vec::<i64>::try_from(pred.to_device(Device::Cpu))?;
-    let conf = host(conf)?;
-    let picks = pick(c, &probs, &pred, &f, (&backbone, &pool), device)?;
-    let counts = write_request(c, &picks, (&pred, &conf), &pool, &classes)?;
+    let scores = score_pool(c, &backbone, &pool, &prober, device)?;
+    let picks = pick(
+        c,
+        &scores,
+        labeled_features.as_ref(),
+        (&backbone, &pool),
+        classes.len(),
+        device,
+    )?;
+    let counts = write_request(c, &picks, (&scores.pred, &scores.conf), &pool, &classes)?;
     eprintln!(
         "label-request: {} of {} `{}` images by {} → {}",
         picks.len(),
@@ -418,18 +519,13 @@ pub fn run(c: &LabelRequestConfig) -> Result<Value> {
         c.strategy.name(),
         c.out.display()
     );
-    let from = if head.is_some() {
-        "the classifier"
-    } else {
-        "kNN on the labeled split"
-    };
-    print_balance(&counts, &classes, picks.len(), from);
+    print_balance(&counts, &classes, picks.len(), prober.source());
     Ok(json!({
         "strategy": c.strategy.name(),
         "budget": picks.len(),
         "pool": pool.n,
         "out": c.out.display().to_string(),
-        "probabilities": if head.is_some() { "classifier" } else { "knn" },
+        "probabilities": if matches!(prober, Prober::Head(..)) { "classifier" } else { "knn" },
         "class_counts": classes.iter().zip(&counts).map(|(c, n)| (c.clone(), json!(n)))
             .collect::<serde_json::Map<String, Value>>(),
         "min_per_class": counts.iter().copied().min().unwrap_or(0),
@@ -461,14 +557,14 @@ mod tests {
         // (1 − cos 90° to both), then 120° (30° from 90°) rather than 10°.
         let deg = |d: f32| [d.to_radians().cos(), d.to_radians().sin()];
         let pool = f(&[deg(0.0), deg(10.0), deg(90.0), deg(120.0), deg(180.0)]);
-        let picks = k_center(&pool, &f(&[deg(0.0)]), 3);
+        let picks = k_center(&normalize(&pool), &f(&[deg(0.0)]), 3);
         let order: Vec<usize> = picks.iter().map(|p| p.0).collect();
         assert_eq!(order, vec![4, 2, 3]);
         assert!((picks[0].1 - 2.0).abs() < 1e-6);
         assert!((picks[1].1 - 1.0).abs() < 1e-6);
         // A duplicate of a picked point is never picked again.
         let dup = f(&[deg(0.0), deg(0.0), deg(0.0)]);
-        let order: Vec<usize> = k_center(&dup, &f(&[deg(0.0)]), 3)
+        let order: Vec<usize> = k_center(&normalize(&dup), &f(&[deg(0.0)]), 3)
             .iter()
             .map(|p| p.0)
             .collect();

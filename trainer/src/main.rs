@@ -33,7 +33,8 @@ struct SynthArgs {
     /// Output directory (must not exist; written to a temp directory, then renamed).
     #[arg(long)]
     out: PathBuf,
-    /// Number of classes (texture families), 1..=10.
+    /// Number of classes, 1..=10000: ten texture families; beyond ten each family repeats in
+    /// bands of period and grey level (`--classes 800` for the competition's shape).
     #[arg(long, default_value_t = 10)]
     classes: usize,
     /// Labeled training images per class (500: kNN's k=200 needs more than 100 per class).
@@ -48,6 +49,10 @@ struct SynthArgs {
     /// Seed; the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `folder` (class folders and classes.txt) or `competition` (numbered PNGs, shuffled across
+    /// classes, and torch.save label tensors).
+    #[arg(long, default_value = "folder")]
+    layout: datasets::Format,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -61,11 +66,17 @@ impl SynthArgs {
             val_per_class: self.val_per_class,
             unlabeled: self.unlabeled,
             seed: self.seed,
+            layout: self.layout,
         };
         let s = datasets::synth::write_dataset(&self.out, &cfg, true)?;
         eprintln!(
-            "synth: {} classes, {} train, {} val, {} unlabeled images in {}",
-            s.classes, s.train, s.val, s.unlabeled, s.out
+            "synth: {} classes, {} train, {} val, {} unlabeled images in {} ({} layout)",
+            s.classes,
+            s.train,
+            s.val,
+            s.unlabeled,
+            s.out,
+            s.layout.name()
         );
         if self.json {
             println!("{}", serde_json::to_string(&s)?);

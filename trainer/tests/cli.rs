@@ -327,7 +327,7 @@ fn kill_and_resume(
 /// resumed each time, until it ends: the classifiers, the predictions and the log as an
 /// uninterrupted run's, byte for byte.
 #[test]
-fn linear_stopped_by_signals_resumes_bit_identical() {
+fn linear_stopped_by_signals_or_killed_resumes_bit_identical() {
     use rand::{Rng, SeedableRng};
     let tmp = tempfile::tempdir().unwrap();
     let enc = tmp.path().join("pre");
@@ -343,7 +343,7 @@ fn linear_stopped_by_signals_resumes_bit_identical() {
     assert!(o.status.success(), "{}", stderr(&o));
     let whole = t0.elapsed().as_secs_f64();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env_or("MOCO_KILL_SEED", 11));
-    let mut stops = 0;
+    let (mut stops, mut kills) = (0, 0);
     for attempt in 0.. {
         assert!(attempt < 20, "never finished");
         let child = Command::new(BIN)
@@ -353,18 +353,31 @@ fn linear_stopped_by_signals_resumes_bit_identical() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_secs_f64(rng.random_range(0.3..0.9) * whole));
-        let sig = [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT][attempt % 3];
+        // SIGKILL too: the probe also saves after every epoch.
+        let sig = [
+            libc::SIGTERM,
+            libc::SIGKILL,
+            libc::SIGUSR1,
+            libc::SIGKILL,
+            libc::SIGINT,
+        ][attempt % 5];
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
         match out.status.code() {
-            Some(PREEMPTED) => stops += 1,
+            Some(PREEMPTED) => {
+                stops += 1;
+                assert!(b.join("linear-checkpoint.safetensors").exists());
+            }
             Some(0) => break,
+            None => kills += 1,
             c => panic!("exit {c:?}: {}", stderr(&out)),
         }
-        assert!(b.join("linear-checkpoint.safetensors").exists());
     }
-    assert!(stops >= 1, "no signal landed before the end");
+    assert!(
+        stops >= 1 && kills >= 1,
+        "{stops} stops and {kills} kills landed before the end"
+    );
     for f in [
         "classifier.safetensors",
         "classifier_best.safetensors",
@@ -372,13 +385,13 @@ fn linear_stopped_by_signals_resumes_bit_identical() {
     ] {
         assert!(
             std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f} differs after {stops} stops"
+            "{f} differs after {stops} stops and {kills} kills"
         );
     }
     let steps = |d: &Path| logged_steps(d);
     assert_eq!(steps(&a), steps(&b));
     assert!(!b.join("linear-checkpoint.safetensors").exists());
-    eprintln!("linear: {stops} stops, resumed bit-identical");
+    eprintln!("linear: {stops} stops, {kills} kills, resumed bit-identical");
 }
 
 #[test]

@@ -436,3 +436,69 @@ fn losses_logged(run: &Path) -> usize {
         .map(|t| t.lines().count())
         .unwrap_or(0)
 }
+
+/// Processes whose command line mentions `needle` (the ranks of a run, by its --out).
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_stop_and_save_when_their_launcher_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("orphaned");
+    let mut args = pretrain_args(
+        &out,
+        &[
+            "--steps",
+            "60",
+            "--bn-splits",
+            "2",
+            "--checkpoint-every",
+            "1000",
+        ],
+    );
+    args.extend(["--nproc".into(), "2".into()]);
+    let mut launcher = Command::new(BIN)
+        .args(&args)
+        .env("MOCO_CACHE_DIR", cache_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses_logged(&out) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no steps logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    launcher.kill().unwrap(); // SIGKILL: the launcher forwards nothing.
+    launcher.wait().unwrap();
+    let needle = out.display().to_string();
+    let t1 = Instant::now();
+    while !processes_with(&needle).is_empty() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(60),
+            "ranks outlived their launcher: {:?}",
+            processes_with(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // They stopped as on a signal, before the end: a checkpoint of the step they agreed on (none
+    // was due) and no encoder yet.
+    assert!(!out.join("encoder.safetensors").exists(), "ranks ran on");
+    let saved: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    args.push("--resume".into());
+    ok(&args);
+    assert!(out.join("encoder.safetensors").exists());
+}

@@ -312,3 +312,106 @@ fn a_full_disk_stops_with_the_path_and_a_store_that_cannot_fit_is_refused_up_fro
         files_in(&disk.0.join("cache"))
     );
 }
+
+/// Every file of `dir` and below, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_export_a_config_and_a_merged_root_past_the_file_size_limit_leave_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run_dir = tmp.path().join("run");
+    let o = output(&pretrain_args(&run_dir, &["--steps", "1"]), &cache, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let encoder = run_dir.join("encoder.safetensors");
+    let s = |p: &Path| p.display().to_string();
+
+    // The ONNX file (≈ 45 MB) past a 1 MB limit: named, no model and no temp file beside it.
+    let exports = tmp.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let model = exports.join("m.onnx");
+    let args: Vec<String> = ["export", "--encoder", &s(&encoder), "--out", &s(&model)]
+        .map(String::from)
+        .to_vec();
+    let o = output(&args, &cache, Some(1 << 20));
+    fails_naming(&o, "m.onnx");
+    assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
+    assert_eq!(tree(&exports), Vec::<String>::new());
+
+    // linear's config.json (≈ 1 KB) past a 256-byte limit: named, the run directory holds no
+    // partial file (its lock file is empty). The val split's store is built first, unlimited.
+    let warm: Vec<String> = [
+        "bench-data",
+        "--data",
+        &common::data(),
+        "--splits",
+        "val",
+        "--batch-size",
+        "2",
+        "--batches",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert!(output(&warm, &cache, None).status.success());
+    let lin = tmp.path().join("lin");
+    let args = common::linear_args(&encoder, &lin, &["--fast", "--epochs", "1"]);
+    let o = output(&args, &cache, Some(256));
+    fails_naming(&o, "config.json");
+    assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
+    assert!(
+        tree(&lin).iter().all(|f| f == ".moco-lock"),
+        "{:?}",
+        tree(&lin)
+    );
+
+    // merge-labels copying PNGs (≈ 19 KB each) past a 4 KB limit: named, no new root left.
+    let req = tmp.path().join("req.csv");
+    std::fs::write(
+        &req,
+        "rank,index,image,score,predicted,confidence\n1,0,unlabeled/00000.png,0.5,x,0.5\n",
+    )
+    .unwrap();
+    let labels = tmp.path().join("labels.csv");
+    std::fs::write(&labels, "image,label\nunlabeled/00000.png,1\n").unwrap();
+    let merged = tmp.path().join("merged");
+    let args: Vec<String> = [
+        "merge-labels",
+        "--data",
+        &common::data(),
+        "--request",
+        &s(&req),
+        "--labels",
+        &s(&labels),
+        "--out",
+        &s(&merged),
+        "--copy",
+    ]
+    .map(String::from)
+    .to_vec();
+    let o = output(&args, &cache, Some(4 << 10));
+    fails_naming(&o, "File too large");
+    assert!(!merged.exists());
+    let left: Vec<String> = files_in(tmp.path())
+        .into_iter()
+        .filter(|n| n.contains("merged"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The same merge without the limit succeeds.
+    let o = output(&args, &cache, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

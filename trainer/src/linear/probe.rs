@@ -110,6 +110,9 @@ fn feature_source<'a>(
         features::extract(&backbone.net, split, &pre, device, 256, c.progress, what)
     };
     let finetune = matches!(c.mode, ProbeMode::Finetune { .. });
+    if c.mode != ProbeMode::Fast {
+        train.expect_random_reads();
+    }
     let cached_val = (!finetune).then(|| frozen(val, "val features"));
     let cached_train = (c.mode == ProbeMode::Fast).then(|| frozen(train, "train features"));
     let norm = c.standardize.then(|| match &cached_train {
@@ -283,6 +286,13 @@ pub fn train(
             last: pos.last,
             ..Position::default()
         };
+        // After every epoch, so a kill without warning (SIGKILL, a lost node) loses at most an
+        // epoch: at the competition's size the full protocol's epoch takes minutes on a CPU.
+        if pos.epoch < c.epochs {
+            let mut opts: Vec<&Optimizer> = vec![&opt];
+            opts.extend(backbone_opt.as_ref().map(|(o, _)| o));
+            resume::save(&c.out, c, &pos, &opts, &buffers)?;
+        }
     }
     bar.finish_and_clear();
     let _ = std::fs::remove_file(resume::path(&c.out));

@@ -30,7 +30,9 @@ pub fn launch_local(nproc: usize) -> Result<()> {
     let mut signals = Signals::new(SIGNALS).context("--nproc: cannot watch for signals")?;
     let mut children = Vec::new();
     for rank in 0..nproc {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        stop_with_parent(&mut command);
+        let child = command
             .args(&args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -65,6 +67,26 @@ pub fn launch_local(nproc: usize) -> Result<()> {
         .into()),
         RanksEnd::Done => Ok(()),
     }
+}
+
+/// A rank whose launcher dies (SIGKILL, OOM killer) gets SIGTERM, so it stops as on a
+/// preemption, with a checkpoint, instead of training on unwatched.
+fn stop_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (prctl, getppid, raise) on no shared state.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        })
+    };
 }
 
 /// The command line without `--nproc N` / `--nproc=N`.
