@@ -134,6 +134,19 @@ stage_infer() {
   done
 }
 
+# The results as the markdown table of docs/benchmarks.md.
+stage_table() {
+  python3 - "$R" <<'PY'
+import json, sys
+print("| stage | images | wall | CPU (user+sys) | peak RSS | of which anonymous |")
+print("|---|---|---|---|---|---|")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"| {r['stage']} | {r['images']:,} | {r['wall_s']:.0f} s | {r['user_s'] + r['sys_s']:.0f} s "
+          f"| {r['max_rss_mb']:,.0f} MB | {r['peak_anon_mb']:,.0f} MB |")
+PY
+}
+
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(synth stores pretrain knn linear label_request merge export infer)
 for s in "${stages[@]}"; do
