@@ -304,6 +304,22 @@ fn a_full_disk_stops_with_the_path_and_a_store_that_cannot_fit_is_refused_up_fro
     big.extend(["--size".into(), "1000".into()]);
     let o = output(&big, &disk.0.join("cache"), None);
     fails_naming(&o, "the decoded store needs");
+    // A synth set larger than the free space: refused before the first image.
+    let set = disk.0.join("set");
+    let o = run(&[
+        "synth",
+        "--out",
+        set.to_str().unwrap(),
+        "--unlabeled",
+        "10000",
+    ]);
+    fails_naming(&o, "images need about");
+    assert!(!set.exists());
+    assert!(
+        files_in(&disk.0).iter().all(|n| !n.contains(".tmp-")),
+        "{:?}",
+        files_in(&disk.0)
+    );
     assert!(
         files_in(&disk.0.join("cache"))
             .iter()
