@@ -21,6 +21,25 @@ fn image(seed: u32, w: u32, h: u32) -> RgbImage {
     })
 }
 
+/// A resnet18 with random weights and a `classes`-way head, exported to `dir/model.onnx`.
+fn random_model(dir: &Path, classes: usize, seed: u64) -> PathBuf {
+    let desc = ResNetDesc::new(Arch::Resnet18);
+    let enc = dir.join("encoder.safetensors");
+    let cls = dir.join("classifier.safetensors");
+    random_backbone(&desc, seed).save(&enc).unwrap();
+    random_classifier(&Classifier::new(desc.feature_dim, classes), seed)
+        .save(&cls)
+        .unwrap();
+    let model = dir.join("model.onnx");
+    export(
+        &LoadOptions::new(&enc, Some(&cls)),
+        ExportOptions::default(),
+        &model,
+    )
+    .unwrap();
+    model
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -46,19 +65,7 @@ fn fixture() -> Fixture {
             .save(root.join(format!("unlabeled/{i}.png")))
             .unwrap();
     }
-    let desc = ResNetDesc::new(Arch::Resnet18);
-    let head = Classifier::new(desc.feature_dim, 3);
-    let enc = dir.path().join("encoder.safetensors");
-    let cls = dir.path().join("classifier.safetensors");
-    random_backbone(&desc, 1).save(&enc).unwrap();
-    random_classifier(&head, 1).save(&cls).unwrap();
-    let model = dir.path().join("model.onnx");
-    export(
-        &LoadOptions::new(&enc, Some(&cls)),
-        ExportOptions::default(),
-        &model,
-    )
-    .unwrap();
+    let model = random_model(dir.path(), 3, 1);
     Fixture {
         root,
         model,
@@ -144,22 +151,7 @@ fn eight_hundred_classes_in_the_competition_layout() {
         layout: datasets::Format::Competition,
     };
     datasets::synth::write_dataset(&root, &cfg, false).unwrap();
-    let desc = ResNetDesc::new(Arch::Resnet18);
-    let (enc, cls) = (
-        dir.path().join("e.safetensors"),
-        dir.path().join("c.safetensors"),
-    );
-    random_backbone(&desc, 3).save(&enc).unwrap();
-    random_classifier(&Classifier::new(desc.feature_dim, 800), 3)
-        .save(&cls)
-        .unwrap();
-    let model = dir.path().join("m.onnx");
-    export(
-        &LoadOptions::new(&enc, Some(&cls)),
-        ExportOptions::default(),
-        &model,
-    )
-    .unwrap();
+    let model = random_model(dir.path(), 800, 3);
     let mut predicted = Vec::new();
     for backend in ["ort", "tract"] {
         let pred = dir.path().join(format!("{backend}.csv"));

@@ -1,6 +1,8 @@
 //! Frozen-backbone features of a decoded split under the eval transform (the stored images are
 //! already resized and center-cropped: what is left is scaling to [0,1] and normalizing).
 
+use std::ops::Range;
+
 use models::Preprocess;
 use models_tch::ResNet;
 use tch::{Device, Kind, Tensor};
@@ -11,6 +13,21 @@ use crate::data::DecodedSplit;
 pub fn eval_input(images: &Tensor, pre: &Preprocess, device: Device) -> Tensor {
     let stat = |v: &[f32; 3]| Tensor::from_slice(v).to(device).view([1, 3, 1, 1]);
     (images.to_device(device).to_kind(Kind::Float) / 255.0 - stat(&pre.mean)) / stat(&pre.std)
+}
+
+/// Pooled backbone features of `split`'s images in order, `batch` at a time on `device`, with
+/// the range of images each batch holds.
+pub fn batches<'a>(
+    backbone: &'a ResNet,
+    split: &'a DecodedSplit,
+    pre: &'a Preprocess,
+    device: Device,
+    batch: usize,
+) -> impl Iterator<Item = (Range<usize>, Tensor)> + 'a {
+    split.batches_in_order(batch).map(move |(range, images)| {
+        let x = eval_input(&images, pre, device);
+        (range, tch::no_grad(|| backbone.forward_t(&x, false)))
+    })
 }
 
 /// Pooled backbone features `[N, D]` of every image of `split`, in order, on `device`.
@@ -25,14 +42,10 @@ pub fn extract(
 ) -> Tensor {
     let bar = crate::progress::bar(split.n as u64, what, progress);
     let mut out = Vec::new();
-    tch::no_grad(|| {
-        for start in (0..split.n).step_by(batch.max(1)) {
-            let range = start..(start + batch.max(1)).min(split.n);
-            let x = eval_input(&split.batch_in_order(range.clone()), pre, device);
-            out.push(backbone.forward_t(&x, false));
-            bar.inc(range.len() as u64);
-        }
-    });
+    for (range, feats) in batches(backbone, split, pre, device, batch) {
+        out.push(feats);
+        bar.inc(range.len() as u64);
+    }
     bar.finish_and_clear();
     Tensor::cat(&out, 0)
 }

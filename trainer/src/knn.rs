@@ -58,18 +58,6 @@ impl KnnBank {
     }
 }
 
-/// Class votes `[Q, C]` of weighted kNN over a bank used once (see [`KnnBank::votes`]).
-pub fn votes(
-    bank: &Tensor,
-    bank_labels: &Tensor,
-    queries: &Tensor,
-    classes: usize,
-    k: usize,
-    t: f64,
-) -> Tensor {
-    KnnBank::new(bank, bank_labels, classes).votes(queries, k, t)
-}
-
 /// Weighted kNN over `bank` (features `[B,D]`, labels `[B]`) for `queries` `[Q,D]`.
 pub fn classify(
     bank: &Tensor,
@@ -83,7 +71,7 @@ pub fn classify(
     if bank_labels.size()[0] == 0 || queries.size()[0] == 0 {
         bail!("kNN needs a non-empty bank and query set");
     }
-    let scores = votes(bank, bank_labels, queries, classes, k, t);
+    let scores = KnnBank::new(bank, bank_labels, classes).votes(queries, k, t);
     let (top1, top5) = top1_top5(&scores, query_labels);
     let predictions = Vec::<i64>::try_from(scores.argmax(1, false).to_device(tch::Device::Cpu))?;
     Ok(KnnResult {
@@ -218,7 +206,7 @@ mod tests {
         let bank = Tensor::randn([500, 16], (Kind::Float, tch::Device::Cpu));
         let labels = Tensor::randint(c, [500], (Kind::Int64, tch::Device::Cpu));
         let q = Tensor::randn([1100, 16], (Kind::Float, tch::Device::Cpu));
-        let got = votes(&bank, &labels, &q, c as usize, k as usize, 0.1);
+        let got = KnnBank::new(&bank, &labels, c as usize).votes(&q, k as usize, 0.1);
         let want = one_hot_votes(&bank, &labels, &q, c, k, 0.1);
         // exp(sim / 0.1) ≤ e^10: fp32 sums of 20 such terms in another order differ by a few ulp.
         let rel = ((&got - &want).abs().max() / want.abs().max()).double_value(&[]);

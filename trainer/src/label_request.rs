@@ -159,11 +159,8 @@ fn contrastive_loss(
     let bar = crate::progress::bar(n as u64, "contrastive scores", c.progress);
     let mut out = Vec::new();
     tch::no_grad(|| {
-        let idx: Vec<usize> = (0..n).collect();
-        for (i, chunk) in idx.chunks(c.batch_size.max(1)).enumerate() {
-            let images = split
-                .batch_in_order(chunk[0]..chunk[0] + chunk.len())
-                .to_device(device);
+        for (i, (chunk, images)) in split.batches_in_order(c.batch_size).enumerate() {
+            let images = images.to_device(device);
             let mut rng = stream(s.seed, Purpose::Augment, i as u64);
             let b = chunk.len();
             let v1 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
@@ -172,7 +169,7 @@ fn contrastive_loss(
             let k = normalize(&backbone.net.forward_t(&v2, false));
             let logits = info_nce_logits(&q, &k, &negs.transpose(0, 1), s.temperature);
             // Mask each image's own column when it is among the negatives.
-            let own = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            let own = Tensor::from_slice(&chunk.clone().map(|i| i as i64).collect::<Vec<_>>())
                 .to(device)
                 .unsqueeze(1)
                 .eq_tensor(&neg_idx.unsqueeze(0));
@@ -359,19 +356,12 @@ fn score_pool(
     let pre = Preprocess::default();
     let bar = crate::progress::bar(pool.n as u64, "pool features", c.progress);
     let mut scores = PoolScores::default();
-    let idx: Vec<usize> = (0..pool.n).collect();
-    for chunk in idx.chunks(c.batch_size.max(1)) {
-        let images = pool.batch_in_order(chunk[0]..chunk[0] + chunk.len());
-        let feats = tch::no_grad(|| {
-            backbone
-                .net
-                .forward_t(&features::eval_input(&images, &pre, device), false)
-        });
+    for (range, feats) in features::batches(&backbone.net, pool, &pre, device, c.batch_size) {
         scores.add(&tch::no_grad(|| prober.probabilities(&feats)))?;
         if keep_features {
             scores.features.push(normalize(&feats));
         }
-        bar.inc(chunk.len() as u64);
+        bar.inc(range.len() as u64);
     }
     bar.finish_and_clear();
     Ok(scores)

@@ -168,10 +168,23 @@ impl DecodedSplit {
         nchw_batch(idx.iter().map(|&i| self.image(i)), idx.len(), self.size)
     }
 
+    /// Every image in order, `batch` at a time, as `(range, uint8 [n,3,size,size])`; see
+    /// [`DecodedSplit::batch_in_order`].
+    pub fn batches_in_order(
+        &self,
+        batch: usize,
+    ) -> impl Iterator<Item = (Range<usize>, Tensor)> + '_ {
+        let batch = batch.max(1);
+        (0..self.n).step_by(batch).map(move |start| {
+            let range = start..(start + batch).min(self.n);
+            (range.clone(), self.batch_in_order(range))
+        })
+    }
+
     /// Images `range` in order, after which this process lets go of their pages (the page
     /// cache keeps them): a pass in order over a 14 GB store holds one batch of it, not the
     /// whole store, in its resident set.
-    pub fn batch_in_order(&self, range: Range<usize>) -> Tensor {
+    fn batch_in_order(&self, range: Range<usize>) -> Tensor {
         let idx: Vec<usize> = range.clone().collect();
         let batch = self.batch(&idx);
         let b = self.image_bytes();

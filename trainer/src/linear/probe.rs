@@ -223,9 +223,7 @@ pub fn train(
         for chunk in order.chunks(c.batch_size).skip(pos.batch) {
             if stop.asked() {
                 pos.loss_sum = loss_sum.double_value(&[]);
-                let mut opts: Vec<&Optimizer> = vec![&opt];
-                opts.extend(backbone_opt.as_ref().map(|(o, _)| o));
-                let path = resume::save(&c.out, c, &pos, &opts, &buffers)?;
+                let path = save_state(c, &pos, (&opt, backbone_opt.as_ref()), &buffers)?;
                 bar.abandon();
                 return Err(Preempted {
                     cause: stop.cause(),
@@ -289,9 +287,7 @@ pub fn train(
         // After every epoch, so a kill without warning (SIGKILL, a lost node) loses at most an
         // epoch: at the competition's size the full protocol's epoch takes minutes on a CPU.
         if pos.epoch < c.epochs {
-            let mut opts: Vec<&Optimizer> = vec![&opt];
-            opts.extend(backbone_opt.as_ref().map(|(o, _)| o));
-            resume::save(&c.out, c, &pos, &opts, &buffers)?;
+            save_state(c, &pos, (&opt, backbone_opt.as_ref()), &buffers)?;
         }
     }
     bar.finish_and_clear();
@@ -304,6 +300,18 @@ pub fn train(
         seconds: t0.elapsed().as_secs_f64(),
         knn,
     })
+}
+
+/// The probe's state after `pos`: the classifier's optimizer and, fine-tuning, the backbone's.
+fn save_state(
+    c: &LinearConfig,
+    pos: &Position,
+    (opt, backbone_opt): (&Optimizer, Option<&(Optimizer, f64)>),
+    buffers: &[(String, Tensor)],
+) -> Result<std::path::PathBuf> {
+    let mut opts: Vec<&Optimizer> = vec![opt];
+    opts.extend(backbone_opt.map(|(o, _)| o));
+    resume::save(&c.out, c, pos, &opts, buffers)
 }
 
 /// A fine-tuned backbone's BatchNorm statistics (they move with its training forwards); nothing
