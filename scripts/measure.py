@@ -7,8 +7,10 @@ Records wall, user and system seconds and the peak resident set from /usr/bin/ti
 samples /proc every 0.2 s for the peak of anonymous memory (heap, tensors) apart from mapped
 files (the decoded store, shared libraries): a memory-mapped store counts in the resident set
 as it is read, but the kernel can drop those pages at any time, while anonymous memory is what
-a run really needs. The command's stderr goes to RESULTS.STAGE.log; the last line of its stdout
-(the --json result) is kept in the record.
+a run really needs. Time the command spends stopped (SIGSTOP, to keep another job's timing
+clean) is summed as paused_s and left out of wall_s, which is the stage's own time. The
+command's stderr goes to RESULTS.STAGE.log; the last line of its stdout (the --json result) is
+kept in the record.
 """
 import json
 import os
@@ -39,6 +41,14 @@ def rss_kb(pid):
     return out
 
 
+def stopped(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
 def field(text, name):
     m = re.search(re.escape(name) + r":\s*(.+)", text)
     return m.group(1).strip() if m else None
@@ -60,8 +70,15 @@ def main():
     with open(log, "w") as err, open(f"{results}.{stage}.out", "w") as out:
         p = subprocess.Popen(["/usr/bin/time", "-v", "-o", timing, *cmd], stdout=out, stderr=err)
         peak = {"RssAnon": 0, "RssFile": 0}
+        paused = 0.0
+        last = time.monotonic()
         while p.poll() is None:
-            for c in child_pids(p.pid):
+            now = time.monotonic()
+            children = child_pids(p.pid)
+            if children and all(stopped(c) for c in children):
+                paused += now - last
+            last = now
+            for c in children:
                 for k, v in rss_kb(c).items():
                     if k in peak:
                         peak[k] = max(peak[k], v)
@@ -76,7 +93,8 @@ def main():
         "stage": stage,
         "images": images,
         "rc": p.returncode,
-        "wall_s": round(wall_seconds(field(text, "Elapsed (wall clock) time (h:mm:ss or m:ss)")), 2),
+        "wall_s": round(wall_seconds(field(text, "Elapsed (wall clock) time (h:mm:ss or m:ss)")) - paused, 2),
+        "paused_s": round(paused, 1),
         "user_s": float(field(text, "User time (seconds)")),
         "sys_s": float(field(text, "System time (seconds)")),
         "max_rss_mb": round(int(field(text, "Maximum resident set size (kbytes)")) / 1024, 1),

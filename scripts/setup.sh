@@ -36,7 +36,7 @@ echo "setup: creating $venv (torch 2.11.0 is ~4.8 GB with its CUDA libraries; a 
 # torchvision is only a parity reference; --no-deps keeps pip from swapping the pinned torch.
 "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps torchvision==0.26.0 >&2
 "$venv/bin/python3" - <<'PY' >&2
-import torch, torchvision, onnxruntime, onnx, numpy, PIL
+import torch, torchvision, onnxruntime, onnx, numpy, PIL, tensorboard
 assert torch.__version__.startswith("2.11.0"), torch.__version__
 print("setup: torch", torch.__version__, "torchvision", torchvision.__version__,
       "onnxruntime", onnxruntime.__version__, "onnx", onnx.__version__)

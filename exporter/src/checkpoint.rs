@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use models::{Arch, ClassifierFile, Preprocess, ResNetDesc, TensorMap};
+use models::{Arch, ClassifierFile, EncoderFile, Preprocess, ResNetDesc, TensorMap};
 
-use crate::ExportError;
+use crate::error::ExportError;
 
 pub struct Checkpoint {
     pub desc: ResNetDesc,
@@ -44,6 +44,8 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>, ExportError> {
 
 pub struct LoadOptions<'a> {
     pub encoder: &'a Path,
+    /// The backbone's prefix in a PyTorch file's names; None: detected.
+    pub encoder_prefix: Option<&'a str>,
     pub classifier: Option<&'a Path>,
     pub arch: Option<Arch>,
     pub classes: Option<&'a Path>,
@@ -55,6 +57,7 @@ impl<'a> LoadOptions<'a> {
     pub fn new(encoder: &'a Path, classifier: Option<&'a Path>) -> Self {
         LoadOptions {
             encoder,
+            encoder_prefix: None,
             classifier,
             arch: None,
             classes: None,
@@ -65,7 +68,8 @@ impl<'a> LoadOptions<'a> {
 
 impl Checkpoint {
     pub fn load(o: &LoadOptions) -> Result<Self, ExportError> {
-        let encoder = TensorMap::load(o.encoder)?;
+        let encoder =
+            EncoderFile::with_prefix(o.encoder, o.encoder_prefix.map(str::to_string)).load()?;
         let file = display(o.encoder);
         let found = ResNetDesc::detect_arch(&encoder, &file)?;
         if let Some(a) = o.arch {

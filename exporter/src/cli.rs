@@ -5,13 +5,22 @@ use std::path::PathBuf;
 use clap::Args;
 use models::Arch;
 
-use crate::{export, ExportError, ExportOptions, ExportSummary, LoadOptions};
+use datasets::Split;
+
+use crate::{
+    export_quantized, ExportError, ExportOptions, ExportSummary, LoadOptions, QuantizeOptions,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
-    /// Backbone checkpoint with torchvision names (RUN/encoder.safetensors).
+    /// Backbone: RUN/encoder.safetensors, or a PyTorch file (MoCo's checkpoint_NNNN.pth.tar, a
+    /// torchvision state_dict .pth/.pt, a Lightning .ckpt), read without executing it.
     #[arg(long)]
     pub encoder: PathBuf,
+    /// The backbone's prefix in a file's tensor names (`module.encoder_q.`, `backbone.`).
+    /// Default: detected (the query/online encoder when the file also holds its momentum copy).
+    #[arg(long)]
+    pub encoder_prefix: Option<String>,
     /// Linear classifier (RUN/classifier.safetensors: fc.weight, fc.bias). Without it the model
     /// is encoder-only and outputs `features`.
     #[arg(long)]
@@ -35,9 +44,26 @@ pub struct ExportArgs {
     /// The run's config.json (preprocessing, provenance). Default: config.json beside --encoder.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Quantize: `int8` writes a QDQ model (int8 per-channel weights, uint8 activations
+    /// calibrated on --calibration-data) that ONNX Runtime runs with integer kernels.
+    #[arg(long, value_enum, requires = "calibration_data")]
+    pub quantize: Option<Quantize>,
+    /// Dataset root whose images calibrate the activation ranges (the eval transform).
+    #[arg(long)]
+    pub calibration_data: Option<PathBuf>,
+    #[arg(long, default_value = "train")]
+    pub calibration_split: Split,
+    /// Images used for calibration, spread evenly over the split.
+    #[arg(long, default_value_t = 512)]
+    pub calibration_images: usize,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantize {
+    Int8,
 }
 
 impl ExportArgs {
@@ -48,9 +74,19 @@ impl ExportArgs {
                 self.out.display()
             )));
         }
-        export(
+        let quant = match (self.quantize, &self.calibration_data) {
+            (Some(Quantize::Int8), Some(data)) => Some(QuantizeOptions {
+                data: data.clone(),
+                split: self.calibration_split,
+                format: None,
+                images: self.calibration_images,
+            }),
+            _ => None,
+        };
+        export_quantized(
             &LoadOptions {
                 encoder: &self.encoder,
+                encoder_prefix: self.encoder_prefix.as_deref(),
                 classifier: self.classifier.as_deref(),
                 arch: self.arch,
                 classes: self.classes.as_deref(),
@@ -60,6 +96,7 @@ impl ExportArgs {
                 fold: !self.no_fold,
                 with_features: self.with_features,
             },
+            quant.as_ref(),
             &self.out,
         )
     }
@@ -67,8 +104,11 @@ impl ExportArgs {
     /// Runs and reports like every command: a readable line on stderr, JSON with `--json`.
     pub fn run_and_report(&self) -> Result<(), ExportError> {
         let s = self.run()?;
+        let int8 = s.quantization.as_ref().map_or(String::new(), |q| {
+            format!(", int8 calibrated on {} images", q.calibration_images)
+        });
         eprintln!(
-            "exported {} ({} nodes, outputs {}, {} classes, BN {}) to {} ({:.1} MB)",
+            "exported {} ({} nodes, outputs {}, {} classes, BN {}{int8}) to {} ({:.1} MB)",
             s.arch,
             s.nodes,
             s.outputs.join("+"),

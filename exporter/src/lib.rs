@@ -5,9 +5,11 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod error;
 pub mod fold;
 pub mod lower_resnet;
 pub mod onnx_graph;
+pub mod quantize;
 
 use std::path::Path;
 
@@ -17,31 +19,14 @@ use serde::Serialize;
 use tract_onnx::pb::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 
 pub use checkpoint::{Checkpoint, LoadOptions};
+pub use error::ExportError;
 use onnx_graph::{Dim, GraphBuilder};
+pub use quantize::{QuantizeOptions, META_QUANTIZATION};
 
 /// Opset 17: every op used here is stable since opset 13, and both ONNX Runtime 1.31 and tract
 /// 0.23 load it. IR version 8 is what onnx 1.13+ writes for opset 17.
 pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Model(#[from] models::ModelError),
-    #[error("{file}: {message}")]
-    Input { file: String, message: String },
-    #[error("{0}")]
-    Flag(String),
-}
-
-impl ExportError {
-    pub fn input(path: &Path, message: impl std::fmt::Display) -> Self {
-        ExportError::Input {
-            file: path.display().to_string(),
-            message: message.to_string(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExportOptions {
@@ -71,6 +56,8 @@ pub struct ExportSummary {
     pub folded: bool,
     pub bytes: usize,
     pub opset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<quantize::QuantSummary>,
 }
 
 /// Builds the ModelProto: `image` [N,3,crop,crop] in [0,1] → normalise → backbone → `logits`
@@ -151,6 +138,21 @@ pub fn export(
     opts: ExportOptions,
     out: &Path,
 ) -> Result<ExportSummary, ExportError> {
+    export_quantized(load, opts, None, out)
+}
+
+/// [`export`], and with `quant` the graph rewritten in int8 QDQ form ([`quantize`]).
+pub fn export_quantized(
+    load: &LoadOptions,
+    opts: ExportOptions,
+    quant: Option<&QuantizeOptions>,
+    out: &Path,
+) -> Result<ExportSummary, ExportError> {
+    if quant.is_some() && !opts.fold {
+        return Err(ExportError::Flag(
+            "--quantize folds BatchNorm into the convolutions first: drop --no-fold".into(),
+        ));
+    }
     let ck = Checkpoint::load(load)?;
     let source = serde_json::json!({
         "encoder": load.encoder.display().to_string(),
@@ -159,7 +161,10 @@ pub fn export(
         "folded": opts.fold,
         "exporter": format!("moco-rs {}", env!("CARGO_PKG_VERSION")),
     });
-    let model = build_model(&ck, opts, source);
+    let mut model = build_model(&ck, opts, source);
+    let quantization = quant
+        .map(|q| quantize::quantize_model(&mut model, q, &ck.preprocess))
+        .transpose()?;
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     let outputs = model
         .graph
@@ -177,5 +182,6 @@ pub fn export(
         folded: opts.fold,
         bytes: bytes.len(),
         opset: OPSET,
+        quantization,
     })
 }

@@ -16,6 +16,10 @@ pub enum ModelError {
     Write(#[from] atomic_io::WriteError),
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
+    /// A PyTorch file that cannot be read as a backbone, or a backbone that cannot be found in
+    /// it.
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
     #[error("{file}: missing tensor `{name}`")]
     MissingTensor { file: String, name: String },
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]

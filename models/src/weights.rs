@@ -30,6 +30,27 @@ impl DType {
     }
 }
 
+/// The two 16-bit float formats, kept as f32 in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    BF16,
+}
+
+/// Little-endian half-precision values as little-endian f32 bytes (exact: every f16 and bf16
+/// is an f32).
+pub fn widen_half(data: &[u8], kind: Half) -> Vec<u8> {
+    data.chunks_exact(2)
+        .flat_map(|c| {
+            let v = match kind {
+                Half::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                Half::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+            };
+            v.to_le_bytes()
+        })
+        .collect()
+}
+
 /// One tensor: little-endian bytes, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData {
@@ -108,22 +129,11 @@ impl TensorData {
     fn from_view(view: &TensorView<'_>) -> std::result::Result<Self, String> {
         let shape = view.shape().to_vec();
         let data = view.data();
-        let widen = |f: &dyn Fn(&[u8]) -> f32, width: usize| -> Vec<u8> {
-            data.chunks_exact(width)
-                .flat_map(|c| f(c).to_le_bytes())
-                .collect()
-        };
         let (dtype, bytes) = match view.dtype() {
             Dtype::F32 => (DType::F32, data.to_vec()),
             Dtype::I64 => (DType::I64, data.to_vec()),
-            Dtype::F16 => (
-                DType::F32,
-                widen(&|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
-            ),
-            Dtype::BF16 => (
-                DType::F32,
-                widen(&|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32(), 2),
-            ),
+            Dtype::F16 => (DType::F32, widen_half(data, Half::F16)),
+            Dtype::BF16 => (DType::F32, widen_half(data, Half::BF16)),
             Dtype::F64 => (DType::F64, data.to_vec()),
             other => return Err(format!("unsupported dtype {other:?}")),
         };

@@ -52,6 +52,7 @@ fn backends_match(arch: Arch) {
         let out = d.join(format!("{tag}.onnx"));
         let load = LoadOptions {
             encoder: &enc,
+            encoder_prefix: None,
             classifier: Some(&cls),
             arch: Some(arch),
             classes: None,

@@ -200,6 +200,9 @@ pub struct RunSettings {
     pub log_every: u64,
     pub resume: bool,
     pub progress: bool,
+    /// TensorBoard event files (None: none written).
+    #[serde(default)]
+    pub tensorboard: Option<PathBuf>,
     /// The named recipe the numbers came from, if any (recorded, already applied).
     pub preset: Option<String>,
 }

@@ -1,10 +1,10 @@
 //! Loading a pretrained backbone (`encoder.safetensors`, torchvision names) into tch modules, or
 //! a random-init one for the floor that pretraining must beat.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use models::{Arch, ResNetDesc, TensorMap};
+use models::{Arch, EncoderFile, ResNetDesc};
 use models_tch::{load_into, ResNet};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
@@ -17,20 +17,14 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    /// Reads `path`, detects the arch from its tensors, checks every name and shape; pretraining
-    /// heads (`fc.*`, `predictor.*`) in the file are ignored.
-    pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let file = path.display().to_string();
+    /// Reads the file, detects the arch from its tensors, checks every name and shape; pretraining
+    /// heads (`fc.*`, `predictor.*`) in the file are ignored. A pretraining checkpoint
+    /// (`RUN/checkpoints/step-*.safetensors`) is evaluated as it stands, mid-run: its query
+    /// encoder (`q/`) is found like a PyTorch file's `module.encoder_q.`.
+    pub fn load(source: &EncoderFile, device: Device) -> Result<Self> {
+        let file = source.path.display().to_string();
         // The error names the file already.
-        let mut map = TensorMap::load(path).context("--encoder")?;
-        // A pretraining checkpoint (`RUN/checkpoints/step-*.safetensors`) holds the query encoder
-        // under `q/`: evaluate it as it stands, mid-run.
-        if map.tensors.contains_key("q/conv1.weight") {
-            map.tensors = std::mem::take(&mut map.tensors)
-                .into_iter()
-                .filter_map(|(n, t)| n.strip_prefix("q/").map(|n| (n.to_string(), t)))
-                .collect();
-        }
+        let map = source.load().context("--encoder")?;
         let arch = ResNetDesc::detect_arch(&map, &file)?;
         let desc = ResNetDesc::new(arch);
         let vs = VarStore::new(device);
@@ -59,8 +53,8 @@ impl Backbone {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EncoderSource {
-    /// `RUN/encoder.safetensors` or a pretraining checkpoint.
-    Pretrained(PathBuf),
+    /// `RUN/encoder.safetensors`, a pretraining checkpoint, or a PyTorch file.
+    Pretrained(EncoderFile),
     /// torchvision's initialisation drawn from `seed`: the floor that pretraining must beat.
     RandomInit { arch: Arch, seed: u64 },
 }
@@ -75,7 +69,7 @@ impl EncoderSource {
 
     pub fn path(&self) -> Option<&Path> {
         match self {
-            EncoderSource::Pretrained(p) => Some(p),
+            EncoderSource::Pretrained(f) => Some(&f.path),
             EncoderSource::RandomInit { .. } => None,
         }
     }

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use image::{GrayImage, RgbImage};
-use models::Preprocess;
+use models::{EncoderFile, Preprocess};
+use models_tch::ResNet;
 use tch::{Device, Kind};
 
 use crate::encoder::Backbone;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureMapsConfig {
-    /// Backbone (`RUN/encoder.safetensors` or a checkpoint).
-    pub encoder: PathBuf,
+    /// Backbone (`RUN/encoder.safetensors`, a checkpoint, or a PyTorch file).
+    pub encoder: EncoderFile,
     /// The image (PNG or JPEG); the eval transform is applied first.
     pub image: PathBuf,
     /// Output PNG.
@@ -26,20 +27,21 @@ pub struct FeatureMapsConfig {
     pub progress: bool,
 }
 
-pub fn run(a: &FeatureMapsConfig) -> Result<serde_json::Value> {
-    let backbone = Backbone::load(&a.encoder, Device::Cpu)?;
-    let pre = Preprocess::default();
-    let img = datasets::decode::decode_file(&a.image).context("--image")?;
-    let x = tch::Tensor::from_slice(&datasets::transform::eval_tensor(img, &pre)).view([
-        1,
-        3,
-        pre.crop as i64,
-        pre.crop as i64,
-    ]);
-    let x = crate::features::eval_input(&(x * 255.0), &pre, Device::Cpu);
-    let maps = tch::no_grad(|| backbone.net.stem_activations(&x)).get(0);
+/// conv1 → BN → ReLU of one normalised image `[1,3,H,W]` (eval mode): the first `channels`
+/// maps, each min-max scaled to grey and enlarged `scale` times.
+pub fn map_tiles(
+    net: &ResNet,
+    x: &tch::Tensor,
+    channels: usize,
+    scale: u32,
+) -> Result<Vec<RgbImage>> {
+    let scale = scale.max(1);
+    let maps = tch::no_grad(|| net.stem_activations(x))
+        .get(0)
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float);
     let (c, h, w) = maps.size3()?;
-    let n = (a.channels.max(1) as i64).min(c);
+    let n = (channels.max(1) as i64).min(c);
     let mut tiles: Vec<RgbImage> = Vec::new();
     for i in 0..n {
         let m = maps.get(i);
@@ -55,12 +57,33 @@ pub fn run(a: &FeatureMapsConfig) -> Result<serde_json::Value> {
         .context("feature map size")?;
         let g = image::imageops::resize(
             &g,
-            w as u32 * a.scale,
-            h as u32 * a.scale,
+            w as u32 * scale,
+            h as u32 * scale,
             image::imageops::FilterType::Nearest,
         );
         tiles.push(image::DynamicImage::ImageLuma8(g).to_rgb8());
     }
+    Ok(tiles)
+}
+
+pub fn run(a: &FeatureMapsConfig) -> Result<serde_json::Value> {
+    let backbone = Backbone::load(&a.encoder, Device::Cpu)?;
+    let pre = Preprocess::default();
+    let img = datasets::decode::decode_file(&a.image).context("--image")?;
+    let x = tch::Tensor::from_slice(&datasets::transform::eval_tensor(img, &pre)).view([
+        1,
+        3,
+        pre.crop as i64,
+        pre.crop as i64,
+    ]);
+    let x = crate::features::eval_input(&(x * 255.0), &pre, Device::Cpu);
+    let tiles = map_tiles(&backbone.net, &x, a.channels, a.scale)?;
+    let scale = a.scale.max(1);
+    let (n, h, w) = (
+        tiles.len(),
+        tiles[0].height() / scale,
+        tiles[0].width() / scale,
+    );
     let cols = (n as f64).sqrt().ceil() as usize;
     crate::plot::grid(&tiles, cols, &a.out)?;
     eprintln!(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use datasets::layout::Split;
-use models::Preprocess;
+use models::{EncoderFile, Preprocess};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -65,7 +65,7 @@ pub struct ContrastiveScore {
 pub struct LabelRequestConfig {
     pub data: DataSource,
     pub compute: Compute,
-    pub encoder: PathBuf,
+    pub encoder: EncoderFile,
     /// A linear classifier; without it, probabilities from kNN votes of the labeled split.
     pub classifier: Option<PathBuf>,
     /// The split to choose from.

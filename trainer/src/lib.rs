@@ -30,5 +30,6 @@ pub mod progress;
 pub mod rng;
 pub mod run_dir;
 pub mod stop;
+pub mod tensorboard;
 pub mod threads;
 pub mod train;

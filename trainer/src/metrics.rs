@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::tensorboard::EventWriter;
+
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// Every record written is also written there as scalars.
+    tensorboard: Option<EventWriter>,
 }
 
 impl MetricsLog {
@@ -43,7 +47,27 @@ impl MetricsLog {
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
+            tensorboard: None,
         })
+    }
+
+    /// Mirrors the log into TensorBoard event files in `dir` (tags `{section}/{key}`); the
+    /// resume point is passed on so TensorBoard drops what the log dropped.
+    pub fn with_tensorboard(
+        mut self,
+        dir: Option<&Path>,
+        section: &str,
+        resumed_after: Option<u64>,
+    ) -> Result<Self> {
+        self.tensorboard = dir
+            .map(|d| EventWriter::create(d, section, resumed_after))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// The event file, for figures (None without --tensorboard).
+    pub fn tensorboard(&mut self) -> Option<&mut EventWriter> {
+        self.tensorboard.as_mut()
     }
 
     /// Appends one line; a failed append (a full disk, a file-size limit) is cut back off, so
@@ -56,7 +80,11 @@ impl MetricsLog {
                 let _ = self.file.set_len(len);
             }
         }
-        written.with_context(|| format!("{}: cannot write metrics", self.path.display()))
+        written.with_context(|| format!("{}: cannot write metrics", self.path.display()))?;
+        match self.tensorboard.as_mut() {
+            Some(tb) => tb.scalars(v),
+            None => Ok(()),
+        }
     }
 }
 

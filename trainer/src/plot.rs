@@ -225,6 +225,11 @@ pub fn curves(metrics: &Path, out: &Path) -> Result<()> {
 
 /// Tiles equally sized RGB images into a grid of `cols` columns with a 2-pixel white gutter.
 pub fn grid(images: &[RgbImage], cols: usize, out: &Path) -> Result<()> {
+    save_png(&grid_image(images, cols)?, out)
+}
+
+/// Equal-sized tiles in rows of `cols`, 2-pixel white gaps.
+pub fn grid_image(images: &[RgbImage], cols: usize) -> Result<RgbImage> {
     let (w, h) = images
         .first()
         .map(|i| i.dimensions())
@@ -243,5 +248,5 @@ pub fn grid(images: &[RgbImage], cols: usize, out: &Path) -> Result<()> {
             (g + r * (h + g)) as i64,
         );
     }
-    save_png(&canvas, out)
+    Ok(canvas)
 }

@@ -8,7 +8,7 @@ use image::RgbImage;
 use models::Preprocess;
 use tch::{Device, Kind, Tensor};
 
-use crate::augment::Augmenter;
+use crate::augment::{AugConfig, Augmenter};
 use crate::data;
 use crate::rng::{stream, Purpose};
 
@@ -44,6 +44,24 @@ pub fn to_rgb(t: &Tensor) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, v).expect("image size")
 }
 
+/// Each uint8 `[N,3,S,S]` image beside two of its views, drawn from `seed`'s preview stream:
+/// 3·N tiles, row by row.
+pub fn view_tiles(images: &Tensor, aug: &AugConfig, seed: u64, size: u32) -> Vec<RgbImage> {
+    let n = images.size()[0] as usize;
+    let augmenter = Augmenter::new(aug.clone(), &Preprocess::default(), Device::Cpu);
+    let mut rng = stream(seed, Purpose::Preview, 0);
+    let v1 = augmenter.views_01(images, &augmenter.draw(&mut rng, n, size, size));
+    let v2 = augmenter.views_01(images, &augmenter.draw(&mut rng, n, size, size));
+    let originals = images.to_kind(Kind::Float) / 255.0;
+    let mut tiles = Vec::new();
+    for i in 0..n as i64 {
+        for t in [&originals, &v1, &v2] {
+            tiles.push(to_rgb(&t.get(i)));
+        }
+    }
+    tiles
+}
+
 pub fn run(a: &PreviewConfig) -> Result<serde_json::Value> {
     if a.n == 0 {
         bail!("--n must be at least 1");
@@ -54,18 +72,7 @@ pub fn run(a: &PreviewConfig) -> Result<serde_json::Value> {
     let n = a.n.min(split.n);
     // Spread the rows over the split so several classes show.
     let idx: Vec<usize> = (0..n).map(|i| i * split.n / n).collect();
-    let images = split.batch(&idx);
-    let aug = Augmenter::new(a.aug.clone(), &Preprocess::default(), Device::Cpu);
-    let mut rng = stream(a.seed, Purpose::Preview, 0);
-    let v1 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
-    let v2 = aug.views_01(&images, &aug.draw(&mut rng, n, a.size, a.size));
-    let originals = images.to_kind(Kind::Float) / 255.0;
-    let mut tiles = Vec::new();
-    for i in 0..n as i64 {
-        for t in [&originals, &v1, &v2] {
-            tiles.push(to_rgb(&t.get(i)));
-        }
-    }
+    let tiles = view_tiles(&split.batch(&idx), &a.aug, a.seed, a.size);
     crate::plot::grid(&tiles, 3, &a.out)?;
     eprintln!(
         "preview-augment: {n} images and their two views → {}",

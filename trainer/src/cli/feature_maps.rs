@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::encoder_args::EncoderPrefixArg;
 use crate::feature_maps::FeatureMapsConfig;
 
 #[derive(clap::Args, Debug)]
@@ -9,6 +10,8 @@ pub struct FeatureMapsArgs {
     /// Backbone (`RUN/encoder.safetensors` or a checkpoint).
     #[arg(long)]
     pub encoder: PathBuf,
+    #[command(flatten)]
+    pub prefix: EncoderPrefixArg,
     /// The image (PNG or JPEG); the eval transform is applied first.
     #[arg(long)]
     pub image: PathBuf,
@@ -28,7 +31,7 @@ pub struct FeatureMapsArgs {
 impl FeatureMapsArgs {
     pub fn to_config(&self) -> anyhow::Result<FeatureMapsConfig> {
         Ok(FeatureMapsConfig {
-            encoder: self.encoder.clone(),
+            encoder: self.prefix.file(&self.encoder),
             image: self.image.clone(),
             out: self.out.clone(),
             channels: self.channels,

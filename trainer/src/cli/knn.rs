@@ -3,6 +3,7 @@
 use anyhow::Result;
 use datasets::layout::Split;
 
+use super::encoder_args::EncoderPrefixArg;
 use super::eval_args::EvalArgs;
 use super::linear::encoder_source;
 use crate::knn::KnnConfig;
@@ -14,6 +15,8 @@ pub struct KnnArgs {
     /// Backbone to evaluate (`RUN/encoder.safetensors`).
     #[arg(long, required_unless_present = "random_init")]
     pub encoder: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub prefix: EncoderPrefixArg,
     /// Evaluate torchvision's random initialisation instead (the floor); needs --arch.
     #[arg(long, requires = "arch")]
     pub random_init: bool,
@@ -42,6 +45,7 @@ impl KnnArgs {
             compute: self.io.compute(),
             encoder: encoder_source(
                 self.encoder.as_ref(),
+                &self.prefix,
                 self.random_init,
                 self.arch,
                 self.seed,

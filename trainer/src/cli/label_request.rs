@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use datasets::layout::Split;
 
+use super::encoder_args::EncoderPrefixArg;
 use super::eval_args::EvalArgs;
 use crate::label_request::{ContrastiveScore, LabelRequestConfig, Strategy};
 
@@ -14,6 +15,8 @@ pub struct LabelRequestArgs {
     /// Backbone (`RUN/encoder.safetensors` or a pretraining checkpoint).
     #[arg(long)]
     pub encoder: PathBuf,
+    #[command(flatten)]
+    pub prefix: EncoderPrefixArg,
     /// Linear classifier from `moco-train linear` (`classifier.safetensors`). Without it, class
     /// probabilities come from weighted kNN votes of the labeled split (k=--k, T=--t).
     #[arg(long)]
@@ -64,7 +67,7 @@ impl LabelRequestArgs {
         LabelRequestConfig {
             data: self.io.source(),
             compute: self.io.compute(),
-            encoder: self.encoder.clone(),
+            encoder: self.prefix.file(&self.encoder),
             classifier: self.classifier.clone(),
             pool: self.split,
             labeled: self.labeled_split,

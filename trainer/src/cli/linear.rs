@@ -7,7 +7,9 @@ use clap::Args;
 use datasets::layout::Split;
 use models::Arch;
 
+use super::encoder_args::EncoderPrefixArg;
 use super::eval_args::EvalArgs;
+use super::log_args::TensorboardArgs;
 use crate::encoder::EncoderSource;
 use crate::linear::{LinearConfig, ProbeMode, RAW_LR, STANDARDIZED_LR};
 use crate::optim::EpochDecay;
@@ -19,6 +21,8 @@ pub struct LinearArgs {
     /// Pretrained backbone (`RUN/encoder.safetensors`).
     #[arg(long, required_unless_present = "random_init")]
     pub encoder: Option<PathBuf>,
+    #[command(flatten)]
+    pub prefix: EncoderPrefixArg,
     /// Use torchvision's random initialisation (the floor); needs --arch.
     #[arg(long, requires = "arch")]
     pub random_init: bool,
@@ -32,6 +36,8 @@ pub struct LinearArgs {
     /// metrics.jsonl, config.json, val_predictions.csv.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub tensorboard: TensorboardArgs,
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     /// Base lr: 30 (MoCo's) on raw features, 0.1 with --standardize.
@@ -77,15 +83,16 @@ pub struct LinearArgs {
     pub json: bool,
 }
 
-/// `--encoder PATH` or `--random-init --arch A` (with `--seed`).
+/// `--encoder PATH [--encoder-prefix P]` or `--random-init --arch A` (with `--seed`).
 pub fn encoder_source(
     encoder: Option<&PathBuf>,
+    prefix: &EncoderPrefixArg,
     random_init: bool,
     arch: Option<Arch>,
     seed: u64,
 ) -> Result<EncoderSource> {
     match (encoder, arch) {
-        (Some(p), _) if !random_init => Ok(EncoderSource::Pretrained(p.clone())),
+        (Some(p), _) if !random_init => Ok(EncoderSource::Pretrained(prefix.file(p))),
         (_, Some(arch)) => Ok(EncoderSource::RandomInit { arch, seed }),
         _ => bail!("--random-init needs --arch"),
     }
@@ -103,6 +110,7 @@ impl LinearArgs {
             compute: self.io.compute(),
             encoder: encoder_source(
                 self.encoder.as_ref(),
+                &self.prefix,
                 self.random_init,
                 self.arch,
                 self.seed,
@@ -132,6 +140,7 @@ impl LinearArgs {
             seed: self.seed,
             progress: !self.quiet && !self.json,
             resume: self.resume,
+            tensorboard: self.tensorboard.dir(&self.out),
         })
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod aug_args;
 pub mod bench;
+pub mod encoder_args;
 pub mod eval_args;
 pub mod feature_maps;
 pub mod knn;
 pub mod label_request;
 pub mod linear;
+pub mod log_args;
 pub mod merge_labels;
 pub mod pretrain;
 pub mod preview;

@@ -1,6 +1,7 @@
 //! `moco-train pretrain`'s flags, and how they become a [`PretrainConfig`]: the values given on
 //! the command line, then a preset's, then the method's published recipe.
 
+use super::log_args::TensorboardArgs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -40,6 +41,8 @@ pub struct PretrainArgs {
     /// Run directory: encoder.safetensors, metrics.jsonl, config.json, checkpoints/.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub tensorboard: TensorboardArgs,
     #[arg(long, default_value = "resnet18")]
     pub arch: Arch,
     /// Epochs (passes over the pretraining images); `--steps` overrides.
@@ -240,6 +243,7 @@ impl PretrainArgs {
                 checkpoint_every: self.checkpoint_every,
                 log_every: self.log_every,
                 resume: self.resume,
+                tensorboard: self.tensorboard.dir(&self.out),
                 progress: !self.quiet && !self.json,
                 preset: self.preset.map(|p| p.name().to_string()),
             },

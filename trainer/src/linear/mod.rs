@@ -70,6 +70,9 @@ pub struct LinearConfig {
     pub knn: Option<(usize, f64)>,
     pub seed: u64,
     pub progress: bool,
+    /// TensorBoard event files (None: none written).
+    #[serde(default)]
+    pub tensorboard: Option<PathBuf>,
     /// Continue from `linear-checkpoint.safetensors` in `out` (written when a stop signal came).
     #[serde(default)]
     pub resume: bool,

@@ -47,12 +47,14 @@ pub fn path(out: &Path) -> PathBuf {
     out.join(FILE)
 }
 
-/// The configuration a resume must match: everything but whether to resume and the progress bar.
+/// The configuration a resume must match: everything but whether to resume, the progress bar
+/// and where TensorBoard files go.
 fn config_key(c: &LinearConfig) -> Result<String> {
     let mut v = serde_json::to_value(c)?;
     if let Value::Object(m) = &mut v {
         m.remove("resume");
         m.remove("progress");
+        m.remove("tensorboard");
     }
     Ok(v.to_string())
 }

@@ -44,6 +44,11 @@ impl StepBatches {
         }
     }
 
+    /// Images of the pretraining set by index, uint8 `[N,3,S,S]` (figures, not steps).
+    pub fn pick(&self, idx: &[usize]) -> Tensor {
+        self.bank.batch(idx)
+    }
+
     pub fn images(&self) -> usize {
         self.bank.len()
     }

@@ -300,10 +300,9 @@ impl Trainer {
             let text =
                 serde_json::to_string_pretty(&config_json(cfg, &algo, device, dist.as_deref()))?;
             atomic_io::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
-            Some(MetricsLog::open(
-                &cfg.run.out.join("metrics.jsonl"),
-                Some(start),
-            )?)
+            let resumed = (start > 0).then_some(start);
+            let log = MetricsLog::open(&cfg.run.out.join("metrics.jsonl"), Some(start))?;
+            Some(log.with_tensorboard(cfg.run.tensorboard.as_deref(), "pretrain", resumed)?)
         } else {
             None
         };
@@ -323,7 +322,7 @@ impl Trainer {
         };
         let bar = crate::progress::bar(total, "pretrain", progress);
         bar.set_position(start);
-        Ok(Trainer {
+        let mut trainer = Trainer {
             cfg: cfg.clone(),
             algo,
             device,
@@ -345,7 +344,34 @@ impl Trainer {
             t0: Instant::now(),
             last_loss: f64::NAN,
             last_knn: None,
-        })
+        };
+        trainer.figures(start, true)?;
+        Ok(trainer)
+    }
+
+    /// The run's figures in TensorBoard (lead rank, when it writes there): the augmentation
+    /// preview of 8 images spread over the set, and conv1's maps of the first of them.
+    fn figures(&mut self, step: u64, preview: bool) -> Result<()> {
+        let Some(tb) = self.log.as_mut().and_then(MetricsLog::tensorboard) else {
+            return Ok(());
+        };
+        let total = self.batches.images();
+        let n = total.min(8);
+        let idx: Vec<usize> = (0..n).map(|i| i * total / n).collect();
+        let images = self.batches.pick(&idx);
+        if preview {
+            let c = &self.cfg;
+            let tiles = crate::preview::view_tiles(&images, &c.augmentation, c.seed, c.data.size);
+            tb.image("augmentation", step, &crate::plot::grid_image(&tiles, 3)?)?;
+        }
+        let x = crate::features::eval_input(
+            &images.narrow(0, 0, 1),
+            &Preprocess::default(),
+            self.device,
+        )
+        .to_kind(self.kind);
+        let tiles = crate::feature_maps::map_tiles(self.method.backbone(), &x, 64, 2)?;
+        tb.image("conv1_maps", step, &crate::plot::grid_image(&tiles, 8)?)
     }
 
     fn lead(&self) -> bool {
@@ -481,6 +507,9 @@ impl Trainer {
             let top1 = m.evaluate(self.method.backbone(), self.device)?;
             rec["knn_top1"] = json!(top1);
             self.last_knn = Some(top1);
+        }
+        if last || rec.get("knn_top1").is_some() {
+            self.figures(done, false)?;
         }
         for (k, v) in fields {
             rec[*k] = json!(v);
