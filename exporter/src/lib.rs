@@ -21,7 +21,7 @@ use tract_onnx::pb::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 pub use checkpoint::{Checkpoint, LoadOptions};
 pub use error::ExportError;
 use onnx_graph::{Dim, GraphBuilder};
-pub use quantize::{QuantizeOptions, META_QUANTIZATION};
+pub use quantize::QuantizeOptions;
 
 /// Opset 17: every op used here is stable since opset 13, and both ONNX Runtime 1.31 and tract
 /// 0.23 load it. IR version 8 is what onnx 1.13+ writes for opset 17.

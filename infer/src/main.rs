@@ -140,6 +140,7 @@ fn run(cli: Cli) -> Result<(), InferError> {
         "threads": cli.threads,
         "workers": workers,
         "skipped": out.skipped.len(),
+        "quantization": info.quantization,
     });
     for (name, e) in out.skipped.iter().take(10) {
         eprintln!("skipped {name}: {e}");
@@ -153,13 +154,18 @@ fn run(cli: Cli) -> Result<(), InferError> {
         let labels: Vec<usize> = data.samples.iter().map(|s| s.label.unwrap_or(0)).collect();
         let acc = metrics::accuracy(&out.predictions, &labels, classes);
         eprintln!(
-            "top-1 {:.2}%  top-5 {:.2}%  on {} {} images ({}/{}, {:.1} images/s)",
+            "top-1 {:.2}%  top-5 {:.2}%  on {} {} images ({}/{}{}, {:.1} images/s)",
             100.0 * acc.top1,
             100.0 * acc.top5,
             n,
             cli.split.name(),
             backend_name.as_str().unwrap_or(""),
             device_name.as_str().unwrap_or(""),
+            if info.quantization.is_some() {
+                ", int8 model"
+            } else {
+                ""
+            },
             ips
         );
         let mut per_class = acc.per_class.clone();

@@ -19,6 +19,8 @@ pub struct ModelInfo {
     /// Output names in graph order (`logits`, maybe `features`).
     pub outputs: Vec<String>,
     pub num_classes: usize,
+    /// `moco.quantization` (moco-export --quantize), as written; None for an fp32 model.
+    pub quantization: Option<serde_json::Value>,
 }
 
 fn dims(vi: &tract_onnx::pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
@@ -110,5 +112,8 @@ pub fn parse_model_info(bytes: &[u8], path: &Path) -> Result<ModelInfo, InferErr
         arch: meta.get(META_ARCH).cloned().unwrap_or_default(),
         outputs,
         num_classes,
+        quantization: meta
+            .get(models::preprocess::META_QUANTIZATION)
+            .and_then(|v| serde_json::from_str(v).ok()),
     })
 }

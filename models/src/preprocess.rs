@@ -16,6 +16,8 @@ pub const META_CROP: &str = "moco.crop";
 pub const META_CLASSES: &str = "moco.classes";
 pub const META_ARCH: &str = "moco.arch";
 pub const META_SOURCE: &str = "moco.source";
+/// How the model was quantized (a JSON object; absent: fp32).
+pub const META_QUANTIZATION: &str = "moco.quantization";
 
 /// Resize the shorter side to `resize` (bilinear, antialiased), center-crop `crop`, scale to
 /// [0,1], then normalise with `mean`/`std` (inside the ONNX graph).

@@ -51,16 +51,16 @@ impl MetricsLog {
         })
     }
 
-    /// Mirrors the log into TensorBoard event files in `dir` (tags `{section}/{key}`); the
-    /// resume point is passed on so TensorBoard drops what the log dropped.
+    /// Mirrors the log into TensorBoard event files in `dir` (tags `{section}/{key}`); `after`,
+    /// the step the run continues from, is passed on so TensorBoard drops what the log dropped.
     pub fn with_tensorboard(
         mut self,
         dir: Option<&Path>,
         section: &str,
-        resumed_after: Option<u64>,
+        after: u64,
     ) -> Result<Self> {
         self.tensorboard = dir
-            .map(|d| EventWriter::create(d, section, resumed_after))
+            .map(|d| EventWriter::create(d, section, after))
             .transpose()?;
         Ok(self)
     }

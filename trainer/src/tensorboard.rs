@@ -117,10 +117,10 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// A new file in `dir` (created). `resumed_after`: the step a resumed run continues from;
-    /// TensorBoard then hides what an earlier process logged after it, as metrics.jsonl drops
-    /// those lines.
-    pub fn create(dir: &Path, section: &str, resumed_after: Option<u64>) -> Result<Self> {
+    /// A new file in `dir` (created) for a run that continues after step `after` (0: a fresh
+    /// run). It opens with TensorBoard's restart marker at step `after + 1`, so what earlier
+    /// processes logged in `dir` from that step on is hidden, as metrics.jsonl drops those lines.
+    pub fn create(dir: &Path, section: &str, after: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--tensorboard {}: cannot create it", dir.display()))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -147,16 +147,14 @@ impl EventWriter {
             file_version: Some("brain.Event:2".into()),
             ..Default::default()
         })?;
-        if let Some(step) = resumed_after {
-            w.write(Event {
-                wall_time: now(),
-                step: step as i64 + 1,
-                session_log: Some(SessionLog {
-                    status: SESSION_START,
-                }),
-                ..Default::default()
-            })?;
-        }
+        w.write(Event {
+            wall_time: now(),
+            step: after as i64 + 1,
+            session_log: Some(SessionLog {
+                status: SESSION_START,
+            }),
+            ..Default::default()
+        })?;
         Ok(w)
     }
 

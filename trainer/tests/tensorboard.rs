@@ -111,6 +111,17 @@ fn pretrain_and_linear_write_what_tensorboard_reads() {
     scalars_match(&tb, &records, "linear");
     assert!(tb["scalars"].get("linear/top5").is_some());
 
+    // Started again in the same directory (no --resume): only the new run's epochs show.
+    let o = run(&linear_args(
+        &run_dir.join("encoder.safetensors"),
+        &lin,
+        &["--fast", "--epochs", "2", "--lr", "5", "--json"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records = metrics(&lin);
+    assert_eq!(records.len(), 2);
+    scalars_match(&read_tensorboard(&lin.join("tb")), &records, "linear");
+
     let off = dir.path().join("off");
     let o = run(&linear_args(
         &run_dir.join("encoder.safetensors"),

@@ -17,13 +17,11 @@ mod qdq;
 use std::path::PathBuf;
 
 use datasets::{Format, Split};
+use models::preprocess::META_QUANTIZATION;
 use models::Preprocess;
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
 use crate::error::ExportError;
-
-/// The metadata key that says how a model was quantized (absent: fp32).
-pub const META_QUANTIZATION: &str = "moco.quantization";
 
 /// `--quantize int8`: where the calibration images come from.
 #[derive(Debug, Clone)]

@@ -205,9 +205,8 @@ pub fn train(
         );
     }
     let mut pos = pos.unwrap_or_else(Position::start);
-    let resumed = (pos.step > 0).then_some(pos.step);
     let mut log = MetricsLog::open(&c.out.join("metrics.jsonl"), Some(pos.step))?
-        .with_tensorboard(c.tensorboard.as_deref(), "linear", resumed)?;
+        .with_tensorboard(c.tensorboard.as_deref(), "linear", pos.step)?;
     let bar = crate::progress::bar(c.epochs as u64, "linear", c.progress);
     bar.set_position(pos.epoch as u64);
     let t0 = Instant::now();

@@ -300,9 +300,8 @@ impl Trainer {
             let text =
                 serde_json::to_string_pretty(&config_json(cfg, &algo, device, dist.as_deref()))?;
             atomic_io::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
-            let resumed = (start > 0).then_some(start);
             let log = MetricsLog::open(&cfg.run.out.join("metrics.jsonl"), Some(start))?;
-            Some(log.with_tensorboard(cfg.run.tensorboard.as_deref(), "pretrain", resumed)?)
+            Some(log.with_tensorboard(cfg.run.tensorboard.as_deref(), "pretrain", start)?)
         } else {
             None
         };
