@@ -41,23 +41,26 @@ pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     }
 }
 
-fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Dim::Fixed(v) => dimension::Value::DimValue(*v),
-                Dim::Named(s) => dimension::Value::DimParam((*s).into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
+/// A float32 value of the graph; `dims` None leaves the shape to inference.
+pub fn value_info(name: &str, dims: Option<&[Dim]>) -> ValueInfoProto {
+    let shape = dims.map(|dims| TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match d {
+                    Dim::Fixed(v) => dimension::Value::DimValue(*v),
+                    Dim::Named(s) => dimension::Value::DimParam((*s).into()),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    });
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto { dim }),
+                shape,
             })),
             ..Default::default()
         }),
@@ -83,11 +86,11 @@ impl GraphBuilder {
     }
 
     pub fn input(&mut self, name: &str, dims: &[Dim]) {
-        self.graph.input.push(value_info(name, dims));
+        self.graph.input.push(value_info(name, Some(dims)));
     }
 
     pub fn output(&mut self, name: &str, dims: &[Dim]) {
-        self.graph.output.push(value_info(name, dims));
+        self.graph.output.push(value_info(name, Some(dims)));
     }
 
     /// An f32 initializer stored as raw little-endian bytes; returns its name.

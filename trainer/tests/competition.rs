@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{last_json, run, stderr};
+use common::{last_json, run, stderr, venv_python};
 
 const CLASSES: usize = 800;
 
@@ -229,7 +229,7 @@ fn a_request_over_800_classes_merges_into_an_800_class_label_tensor() {
 
 /// `torch.load(weights_only=True)` reads the tensor with the same labels.
 fn torch_reads(tensor: &Path, want: &[i64]) {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3");
+    let py = venv_python();
     let o = std::process::Command::new(&py)
         .args([
             "-c",

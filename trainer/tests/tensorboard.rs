@@ -11,10 +11,9 @@ use common::*;
 use serde_json::Value;
 
 fn read_tensorboard(dir: &Path) -> Value {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let py = root.join(".venv/bin/python3");
+    let py = venv_python();
     let o = Command::new(&py)
-        .arg(root.join("tests/python/read_tensorboard.py"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/read_tensorboard.py"))
         .arg(dir)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", py.display()));
@@ -23,11 +22,7 @@ fn read_tensorboard(dir: &Path) -> Value {
 }
 
 fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    trainer::metrics::read(&run.join("metrics.jsonl")).unwrap()
 }
 
 /// Every number of every record (its step and wall time aside) is the scalar `{section}/{key}`

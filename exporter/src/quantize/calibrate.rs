@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 
 use models::Preprocess;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, ValueInfoProto};
+use tract_onnx::pb::{GraphProto, ModelProto};
 use tract_onnx::prelude::*;
 
 use super::QuantizeOptions;
 use crate::error::ExportError;
+use crate::onnx_graph::value_info;
 
 /// Ops whose activation inputs are quantized.
 const QUANTIZED_OPS: [&str; 4] = ["Conv", "Add", "MaxPool", "GlobalAveragePool"];
@@ -60,21 +61,6 @@ pub fn quantized_tensors(g: &GraphProto) -> Vec<String> {
     out
 }
 
-fn float_output(name: &str) -> ValueInfoProto {
-    use tract_onnx::pb::{type_proto, TypeProto};
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The min and max every tensor of `names` reaches over `images` (`[n,3,crop,crop]`), run by
 /// tract one image at a time (its fastest batch on a CPU) with those tensors as the outputs.
 pub fn ranges(
@@ -86,7 +72,7 @@ pub fn ranges(
     let err = |e: TractError| ExportError::Flag(format!("calibration: {e:#}"));
     let mut probe = model.clone();
     let g = probe.graph.as_mut().expect("a built model has a graph");
-    g.output = names.iter().map(|n| float_output(n)).collect();
+    g.output = names.iter().map(|n| value_info(n, None)).collect();
     let plan = tract_onnx::onnx()
         .model_for_proto_model(&probe)
         .map_err(err)?

@@ -18,6 +18,12 @@ pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .expect("moco-train runs")
 }
 
+/// The checkout's `.venv` Python (scripts/setup.sh), for the tests that read our files with
+/// PyTorch or TensorBoard.
+pub fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3")
+}
+
 pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join(format!("moco-train-cli-cache-{}", std::process::id()))
 }
