@@ -31,6 +31,10 @@ pub fn batches<'a>(
 }
 
 /// Pooled backbone features `[N, D]` of every image of `split`, in order, on `device`.
+///
+/// Each batch is copied into one tensor allocated before the pass. A tensor kept per batch and
+/// joined at the end held every feature twice at the join, and each small kept block could land
+/// on top of the heap between the batch's freed temporaries, where glibc cannot trim it.
 pub fn extract(
     backbone: &ResNet,
     split: &DecodedSplit,
@@ -41,13 +45,19 @@ pub fn extract(
     what: &str,
 ) -> Tensor {
     let bar = crate::progress::bar(split.n as u64, what, progress);
-    let mut out = Vec::new();
+    let dim = backbone.desc.feature_dim as i64;
+    let out = Tensor::empty([split.n as i64, dim], (Kind::Float, device));
     for (range, feats) in batches(backbone, split, pre, device, batch) {
-        out.push(feats);
+        rows(&out, &range).copy_(&feats);
         bar.inc(range.len() as u64);
     }
     bar.finish_and_clear();
-    Tensor::cat(&out, 0)
+    out
+}
+
+/// The rows `range` of `t`, as a view to write into.
+pub fn rows(t: &Tensor, range: &Range<usize>) -> Tensor {
+    t.narrow(0, range.start as i64, range.len() as i64)
 }
 
 /// Labels of a labeled split as an int64 tensor on `device`.
