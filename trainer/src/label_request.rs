@@ -142,6 +142,7 @@ fn negatives(
             .collect();
         normalize(&Tensor::cat(&parts, 0))
     });
+    split.release_pages();
     (Tensor::from_slice(picked).to(device), feats)
 }
 
