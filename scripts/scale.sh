@@ -137,12 +137,20 @@ stage_infer() {
 # The results as the markdown table of docs/benchmarks.md.
 stage_table() {
   python3 - "$R" <<'PY'
-import json, sys
+import json, re, sys
+# The pipeline's order, whatever order the stages were (re)measured in; a stage's pools by size.
+order = ["synth", "stores", "open-stores", "pretrain-50", "pretrain-50-small", "knn",
+         "linear-fast", "linear-1-epoch", "label-request-entropy", "label-request-margin",
+         "label-request-balanced", "label-request-kcenter", "label-request-contrastive",
+         "merge-labels", "export", "infer-ort", "infer-tract"]
+def key(r):
+    base = r["stage"] if r["stage"] in order else re.sub(r"-[0-9]+$", "", r["stage"])
+    return (order.index(base) if base in order else len(order), r["images"])
+records = sorted((json.loads(line) for line in open(sys.argv[1])), key=key)
 print("| stage | images | wall | CPU (user+sys) | peak RSS | of which anonymous |")
 print("|---|---|---|---|---|---|")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(f"| {r['stage']} | {r['images']:,} | {r['wall_s']:.0f} s | {r['user_s'] + r['sys_s']:.0f} s "
+for r in records:
+    print(f"| {r['stage']} | {r['images']:,} | {r['wall_s']:,.0f} s | {r['user_s'] + r['sys_s']:,.0f} s "
           f"| {r['max_rss_mb']:,.0f} MB | {r['peak_anon_mb']:,.0f} MB |")
 PY
 }
