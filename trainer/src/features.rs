@@ -34,7 +34,7 @@ pub fn batches<'a>(
 ///
 /// Each batch is copied into one tensor allocated before the pass. A tensor kept per batch and
 /// joined at the end held every feature twice at the join, and each small kept block could land
-/// on top of the heap between the batch's freed temporaries, where glibc cannot trim it.
+/// on the heap above the batch's freed temporaries, where glibc cannot trim it.
 pub fn extract(
     backbone: &ResNet,
     split: &DecodedSplit,

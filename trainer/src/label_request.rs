@@ -149,10 +149,10 @@ fn negatives(
 /// Per-image InfoNCE of two aug+ views: the positive is the other view, the negatives a fixed
 /// random sample of other images' eval features (an image is never its own negative).
 ///
-/// Each batch's losses are copied into one vector sized for the pool up front. Keeping them as
-/// one small tensor per batch let those long-lived allocations land on top of the heap between
-/// the batch's freed megabyte-sized temporaries, so glibc could never trim it: the process grew
-/// by ≈ 13 KB per pool image (981 → 1,635 MB anonymous from 16,000 to 64,000 images).
+/// Each batch's losses are copied into one vector sized for the pool up front. Kept as one small
+/// tensor per batch, they made the process grow by ≈ 13 KB per pool image (981 → 1,635 MB
+/// anonymous from 16,000 to 64,000 images), most likely because each long-lived block sat on the
+/// heap above the batch's freed megabyte-sized temporaries, where glibc cannot trim it.
 fn contrastive_loss(
     backbone: &Backbone,
     split: &DecodedSplit,
