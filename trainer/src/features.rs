@@ -45,14 +45,19 @@ pub fn extract(
     what: &str,
 ) -> Tensor {
     let bar = crate::progress::bar(split.n as u64, what, progress);
-    let dim = backbone.desc.feature_dim as i64;
-    let out = Tensor::empty([split.n as i64, dim], (Kind::Float, device));
+    let out = empty(backbone, split.n, device);
     for (range, feats) in batches(backbone, split, pre, device, batch) {
         rows(&out, &range).copy_(&feats);
         bar.inc(range.len() as u64);
     }
     bar.finish_and_clear();
     out
+}
+
+/// An uninitialised `[n, D]` float tensor for `backbone`'s features, to fill with [`rows`].
+pub fn empty(backbone: &ResNet, n: usize, device: Device) -> Tensor {
+    let dim = backbone.desc.feature_dim as i64;
+    Tensor::empty([n as i64, dim], (Kind::Float, device))
 }
 
 /// The rows `range` of `t`, as a view to write into.

@@ -131,17 +131,17 @@ fn negatives(
     let picked = crate::rng::permutation(&mut stream(s.seed, Purpose::Sample, 0), split.n);
     let picked = &picked[..m];
     let pre = Preprocess::default();
-    let feats = tch::no_grad(|| {
-        let parts: Vec<Tensor> = picked
-            .chunks(c.batch_size.max(1))
-            .map(|chunk| {
-                let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
-                let x = features::eval_input(&split.batch(&idx), &pre, device);
-                backbone.net.forward_t(&x, false)
-            })
-            .collect();
-        normalize(&Tensor::cat(&parts, 0))
+    let feats = features::empty(&backbone.net, m, device);
+    let batch = c.batch_size.max(1);
+    tch::no_grad(|| {
+        for (k, chunk) in picked.chunks(batch).enumerate() {
+            let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
+            let x = features::eval_input(&split.batch(&idx), &pre, device);
+            let at = k * batch..k * batch + chunk.len();
+            features::rows(&feats, &at).copy_(&backbone.net.forward_t(&x, false));
+        }
     });
+    let feats = normalize(&feats);
     split.release_pages();
     (Tensor::from_slice(picked).to(device), feats)
 }
@@ -149,8 +149,8 @@ fn negatives(
 /// Per-image InfoNCE of two aug+ views: the positive is the other view, the negatives a fixed
 /// random sample of other images' eval features (an image is never its own negative).
 ///
-/// Each batch's losses are copied into one vector sized for the pool up front. Kept as one small
-/// tensor per batch, they made the process grow by ≈ 13 KB per pool image (981 → 1,635 MB
+/// Each batch's losses are written into one tensor sized for the pool up front and brought to
+/// the host once. Kept as one small tensor per batch, they made the process grow by ≈ 13 KB per pool image (981 → 1,635 MB
 /// anonymous from 16,000 to 64,000 images), most likely because each long-lived block sat on the
 /// heap above the batch's freed megabyte-sized temporaries, where glibc cannot trim it.
 fn contrastive_loss(
@@ -163,8 +163,8 @@ fn contrastive_loss(
     let (neg_idx, negs) = negatives(backbone, split, c, device);
     let aug = Augmenter::new(AugConfig::mocov2(size), &Preprocess::default(), device);
     let bar = crate::progress::bar(n as u64, "contrastive scores", c.progress);
-    let mut out = Vec::with_capacity(n);
-    tch::no_grad(|| -> Result<()> {
+    let out = Tensor::empty([n as i64], (Kind::Float, device));
+    tch::no_grad(|| {
         for (i, (chunk, images)) in split.batches_in_order(c.batch_size).enumerate() {
             let images = images.to_device(device);
             let mut rng = stream(s.seed, Purpose::Augment, i as u64);
@@ -181,13 +181,12 @@ fn contrastive_loss(
                 .eq_tensor(&neg_idx.unsqueeze(0));
             let own = Tensor::cat(&[own.zeros_like().narrow(1, 0, 1), own], 1);
             let logits = logits.masked_fill(&own, f64::NEG_INFINITY);
-            out.extend(host(-logits.log_softmax(1, Kind::Float).select(1, 0))?);
+            features::rows(&out, &chunk).copy_(&-logits.log_softmax(1, Kind::Float).select(1, 0));
             bar.inc(b as u64);
         }
-        Ok(())
-    })?;
+    });
     bar.finish_and_clear();
-    Ok(out)
+    host(out)
 }
 
 /// Greedy farthest-first selection: `budget` rows of `f` (l2-normalized), starting from
@@ -364,8 +363,7 @@ fn score_pool(
     let bar = crate::progress::bar(pool.n as u64, "pool features", c.progress);
     let mut scores = PoolScores::default();
     if c.strategy == Strategy::Kcenter {
-        let dim = backbone.net.desc.feature_dim as i64;
-        scores.features = Some(Tensor::empty([pool.n as i64, dim], (Kind::Float, device)));
+        scores.features = Some(features::empty(&backbone.net, pool.n, device));
     }
     for (range, feats) in features::batches(&backbone.net, pool, &pre, device, c.batch_size) {
         scores.add(&tch::no_grad(|| prober.probabilities(&feats)))?;
