@@ -21,11 +21,12 @@ demo: build
 test: setup
 	$(ENV) cargo test --release --workspace $(CARGO_TEST_FLAGS)
 
-# What CI adds to `make test`.
+# What CI adds to `make test`: formatting, lints, the libtorch-free check, the docs' words.
 lint: setup
 	$(ENV) cargo fmt --all -- --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 	$(ENV) bash scripts/check-no-libtorch.sh
+	bash scripts/check-docs.sh
 
 gpu-pack: setup
 	$(ENV) bash scripts/gpu.sh pack

@@ -7,16 +7,21 @@
 #   scripts/bench.sh data    two-view images/s: decoded store + batched aug+ (tch) vs torchvision's
 #                            DataLoader (PIL decode + aug+, 2 workers; and pre-decoded)
 #   scripts/bench.sh train   pretraining step time, resnet18 batch 64: moco-train vs the PyTorch
-#                            reference (tests/python/moco_train.py), same threads
+#                            reference (tests/python/moco_train.py), same threads; RECIPE adds
+#                            flags both take (e.g. "--crop 64 --head-bn --amp bf16")
+#   scripts/bench.sh ops     ATen ops and host syncs per training step (bench-step --gpu-path:
+#                            what a GPU step dispatches), every method, batch 256, 96 and 64 px,
+#                            beside plain PyTorch MoCo v2 steps counted the same way
+#                            (tests/python/count_ops.py)
 #
-# DATA (default ../shared/data/imagenette96), THREADS (2), LIMIT (images per run; 0 = all).
+# DATA (default $MOCO_IMAGENETTE: imagenette96, 96 px photos in the folder layout), THREADS (2), LIMIT (images per run; 0 = all).
 # REPS (3): interleaved repetitions; the table shows medians.
 # Writes a markdown table to stdout and the raw JSON lines to runs/bench/*.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/env.sh
-DATA="${DATA:-../shared/data/imagenette96}"
+DATA="${DATA:-${MOCO_IMAGENETTE:-}}"
 THREADS="${THREADS:-2}"
 LIMIT="${LIMIT:-0}"
 out=runs/bench; mkdir -p "$out"
@@ -159,5 +164,40 @@ print(f"| PyTorch reference (DataLoader 2 workers) | {p:.1f} | {64/p:.2f} | 1.00
 print(f"| moco-train pretrain | {r:.1f} | {64/r:.2f} | **{p/r:.2f}×** |")
 PY
   ;;
-*) echo "usage: scripts/bench.sh infer|export|data|train" >&2; exit 2 ;;
+ops)
+  DATA_OPS="${DATA_OPS:-$out/synth}"
+  [ -d "$DATA_OPS" ] || target/release/moco-train synth --out "$DATA_OPS" >&2
+  : > "$out/ops.jsonl"
+  for crop in 96 64; do
+    for m in mocov2 mocov1 mocov3 simclr byol; do
+      extra=""; case "$m" in mocov1|mocov2) extra="--queue-size 4096 --bn-splits 8" ;; esac
+      # shellcheck disable=SC2086
+      target/release/moco-train bench-step --data "$DATA_OPS" --out "$out/ops-run" --method "$m" \
+        --batch-size 256 --crop "$crop" --threads "$THREADS" --gpu-path --warmup 1 --timed 1 \
+        --no-knn --quiet --json $extra 2>/dev/null | tail -1 >> "$out/ops.jsonl"
+      rm -rf "$out/ops-run"
+    done
+    for args in "--bn-splits 1" "--bn-splits 1 --foreach-momentum" "--bn-splits 8"; do
+      # shellcheck disable=SC2086
+      $py tests/python/count_ops.py --batch-size 256 --crop "$crop" $args 2>/dev/null | tail -1 >> "$out/ops.jsonl"
+    done
+  done
+  $py - "$out/ops.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| step (batch 256) | crop | top-level ATen ops | nested | host syncs |")
+print("|---|---|---|---|---|")
+for r in rows:
+    if "method" in r:
+        name = f"moco-train {r['method']} (augmentation on the device, shuffle BN where the method has it)"
+        syncs = f"{r['syncs_per_step']:.0f}"
+    else:
+        name = "PyTorch eager MoCo v2, views given, " + (
+            f"SplitBatchNorm ×{r['bn_splits']}" if r["bn_splits"] > 1 else "no shuffle BN") + (
+            ", foreach momentum update" if r["foreach_momentum"] else "")
+        syncs = ""
+    print(f"| {name} | {r['crop']} | {r['ops_per_step']:.0f} | {r['nested_ops_per_step']:.0f} | {syncs} |")
+PY
+  ;;
+*) echo "usage: scripts/bench.sh infer|export|data|train|ops" >&2; exit 2 ;;
 esac

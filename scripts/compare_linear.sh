@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `moco-train linear` vs the PyTorch reference (tests/python/linear_reference.py) from the same
 # encoders, plus the random-init floor: val top-1 on real photos.
-#   DATA (../shared/data/imagenette96), ENCODERS ("random runs/compare/rust-0/encoder.safetensors";
+#   DATA (default $MOCO_IMAGENETTE: imagenette96, 96 px photos in the folder layout), ENCODERS ("random runs/compare/rust-0/encoder.safetensors";
 #   `random` = each side's own random init, or pass a saved init file to give both the same one),
 #   SEEDS ("0 1"), FULL=1 (the full protocol: RRC + flip every epoch through the frozen backbone,
 #   instead of --fast cached features), EPOCHS (100), MILESTONES (60,80), STANDARDIZE=1 (both sides
@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-DATA="${DATA:-../shared/data/imagenette96}"; SEEDS="${SEEDS:-0 1}"; THREADS="${THREADS:-2}"
+DATA="${DATA:-${MOCO_IMAGENETTE:-}}"; SEEDS="${SEEDS:-0 1}"; THREADS="${THREADS:-2}"
+[ -d "$DATA/train" ] || { echo "$(basename "$0"): set DATA (or MOCO_IMAGENETTE) to a labeled dataset root; \"$DATA/train\" not found" >&2; exit 1; }
 ENCODERS="${ENCODERS:-random runs/compare/rust-0/encoder.safetensors}"
 EPOCHS="${EPOCHS:-100}"; MILESTONES="${MILESTONES:-60,80}"
 out=runs/compare-linear; mkdir -p "$out"

@@ -3,11 +3,12 @@
 # steps, batch, hyperparameters; two seeds each, so the run-to-run noise is measured beside the
 # difference. Prints the loss at every logged step and the final kNN top-1 (bank train, queries val).
 #
-#   DATA (../shared/data/imagenette96), STEPS (60), BATCH (64), THREADS (2), SEEDS ("0 1")
+#   DATA (default $MOCO_IMAGENETTE: imagenette96, 96 px photos in the folder layout), STEPS (60), BATCH (64), THREADS (2), SEEDS ("0 1")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-DATA="${DATA:-../shared/data/imagenette96}"; STEPS="${STEPS:-60}"; BATCH="${BATCH:-64}"
+DATA="${DATA:-${MOCO_IMAGENETTE:-}}"; STEPS="${STEPS:-60}"; BATCH="${BATCH:-64}"
+[ -d "$DATA/train" ] || { echo "$(basename "$0"): set DATA (or MOCO_IMAGENETTE) to a labeled dataset root; \"$DATA/train\" not found" >&2; exit 1; }
 THREADS="${THREADS:-2}"; SEEDS="${SEEDS:-0 1}"
 out=runs/compare; mkdir -p "$out"
 export MOCO_CACHE_DIR="${MOCO_CACHE_DIR:-$out/cache}"

@@ -2,7 +2,7 @@
 # The main job: synth → pretrain → linear → export → moco-infer (ort and tract), ending with an
 # accuracy table (random-init floor vs pretrained, ort vs tract) and the figures.
 #
-#   DATA=ROOT     a dataset root instead of the embedded default (e.g. ../shared/data/imagenette96)
+#   DATA=ROOT     a dataset root instead of the embedded default (e.g. imagenette96, 96 px photos)
 #   OUT=DIR       where everything goes (runs/demo)
 #   STEPS=N       pretraining steps (450 of 64-pixel views: about 6½ minutes on 2 AVX-512 cores, kNN included)
 #   BATCH, QUEUE, LR, BN_SPLITS, ARCH, THREADS, DEVICE, LINEAR_EPOCHS, SEED

@@ -11,4 +11,9 @@ export LIBTORCH_USE_PYTORCH=1
 export LIBTORCH="$_moco_site/torch"
 export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ORT_DYLIB_PATH="$_moco_site/onnxruntime/capi/libonnxruntime.so.1.31.1"
+# onnxruntime-gpu (GPU=1 make setup) loads CUDA and cuDNN from the nvidia wheels beside torch.
+for _moco_lib in "$_moco_site/nvidia/cu13/lib" "$_moco_site/nvidia/cudnn/lib"; do
+  [ -d "$_moco_lib" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$_moco_lib"
+done
+unset _moco_lib
 unset _moco_root _moco_site

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# cargo-fuzz over the readers of untrusted files: the .pt label reader, the STL-10
-# reader, image decoding + eval transform, and the ONNX metadata reader of moco-infer.
+# cargo-fuzz over the readers of untrusted files: the torch.save reader (labels, checkpoints),
+# safetensors weights, the labeling answer CSV, ONNX models (metadata, and run by tract), the STL-10
+# reader and image decoding + eval transform.
 #   bash scripts/fuzz.sh                 every target, 600 s each
 #   bash scripts/fuzz.sh pt_labels 60    one target, 60 s
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). New corpus entries
@@ -8,7 +9,7 @@
 # fuzz/artifacts/<target>/ and make this script fail.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-targets=("${1:-pt_labels stl10 image_decode onnx_metadata}")
+targets=("${1:-pt_labels stl10 image_decode onnx_metadata torch_checkpoint safetensors_weights merge_labels_csv onnx_model}")
 secs="${2:-600}"
 for t in ${targets[@]}; do
   mkdir -p "corpus/$t"

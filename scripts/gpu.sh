@@ -1,111 +1,271 @@
 #!/usr/bin/env bash
-# Runs project binaries on the lent GPU machine (see README "GPU machine").
+# The GPU check of the project, prepared here and run in one call on a machine with a CUDA GPU.
 #
-#   scripts/gpu.sh pack            here: release build, copy the binaries into .gpu/ (< 64 MiB)
-#   scripts/gpu.sh run -- CMD ...  there: run CMD with .gpu/bin first on PATH, against the libtorch
-#                                  of that machine's python3 (its torch/lib), MOCO_PYTHON=python3
-#   scripts/gpu.sh selftest        here: pack, then `run` the CPU parity check through the packed
-#                                  binaries with the venv's python3 standing in for the remote one
-#   scripts/gpu.sh checks          there: every device check in one call (parity, NCCL step,
-#                                  augmentation rate, ort's providers); logs under $OUT
+#   scripts/gpu.sh pack            here: release build, the binaries gzipped into .gpu/ (< 64 MiB)
+#   scripts/gpu.sh verify          there: every device check in one command (≤ 8 minutes):
+#                                  (a) environment, (b) CPU↔CUDA parity from one start for every
+#                                  method in float64/float32/bf16, (c) throughput, (d) learning,
+#                                  (e) moco-infer; keeps OUT/summary.json (also the last stdout
+#                                  line), OUT/verify.log.gz and OUT/curves.png
+#   scripts/gpu.sh run -- CMD ...  there: CMD with the packed binaries first on PATH
 #
-# The device tool call is then: command `bash scripts/gpu.sh run -- moco-parity ... --device cuda`,
-# carry [".gpu"]. The working tree travels with it, so tests/python/ is there too.
+# GPU_SH_DEVICE=cpu runs `verify` here in a small mode (tiny data and steps, the CPU standing in
+# for the GPU), as trainer/tests/gpu_script.rs does, so that the script never runs for the first
+# time on the GPU. GPU_SH_BIN names a folder of binaries to use instead of the packed ones.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pack_dir="$root/.gpu"
 limit_mib=60
-bins=(moco-train moco-export moco-infer moco-parity)
+bins=(moco-train moco-export moco-infer)
 
 pack() {
   cd "$root"
   bash scripts/setup.sh
   . scripts/env.sh
   # Two builds: one workspace-wide build would unify features and hand models' tch to infer.
-  cargo build --release -p moco-trainer -p moco-tests >&2
+  cargo build --release -p moco-trainer >&2
   cargo build --release -p moco-exporter -p moco-infer >&2
   rm -rf "$pack_dir"; mkdir -p "$pack_dir/bin"
   for b in "${bins[@]}"; do
-    [ -x "target/release/$b" ] || continue
     cp "target/release/$b" "$pack_dir/bin/"
     strip "$pack_dir/bin/$b"
   done
-  # The stripped binaries are ~85 MiB, over what the device tool carries: ship them gzipped
-  # (~25 MiB); `run` unpacks them there.
+  # The stripped binaries are ~85 MiB, over what the device tool carries: ship them gzipped.
   tar -C "$pack_dir" -czf "$pack_dir/bin.tar.gz" bin
-  local names; names="$(ls "$pack_dir/bin" | tr '\n' ' ')"
   rm -rf "$pack_dir/bin"
-  git rev-parse HEAD > "$pack_dir/COMMIT" 2>/dev/null || true
   local mib=$(( $(du -sk "$pack_dir" | cut -f1) / 1024 ))
-  echo "gpu.sh pack: $pack_dir holds ${mib} MiB (gzipped): $names" >&2
-  if [ "$mib" -ge "$limit_mib" ]; then
-    echo "gpu.sh pack: ${mib} MiB is over the ${limit_mib} MiB budget of the device tool" >&2
-    exit 1
+  echo "gpu.sh pack: $pack_dir holds ${mib} MiB (gzipped): ${bins[*]}" >&2
+  [ "$mib" -lt "$limit_mib" ] || { echo "gpu.sh pack: ${mib} MiB is over the ${limit_mib} MiB the device tool carries" >&2; exit 1; }
+}
+
+# PATH, libtorch and ONNX Runtime of the machine this runs on (its python3's torch and
+# onnxruntime), for the packed binaries.
+use_binaries() {
+  local py="${MOCO_PYTHON:-python3}"
+  if [ -n "${GPU_SH_BIN:-}" ]; then
+    export PATH="$GPU_SH_BIN:$PATH"
+  else
+    [ -d "$pack_dir/bin" ] || tar -C "$pack_dir" -xzf "$pack_dir/bin.tar.gz"
+    export PATH="$pack_dir/bin:$PATH"
+    local torch_lib
+    torch_lib="$("$py" -c 'import torch,os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
+  local ort
+  ort="$("$py" -c 'import onnxruntime,os,glob; print((glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")) or [""])[0])' 2>/dev/null || true)"
+  [ -z "$ort" ] || export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ort}"
+  export MOCO_PYTHON="$py"
 }
 
 run() {
   cd "$root"
   [ "${1:-}" = "--" ] && shift
-  if [ ! -d "$pack_dir/bin" ] && [ -f "$pack_dir/bin.tar.gz" ]; then
-    tar -C "$pack_dir" -xzf "$pack_dir/bin.tar.gz"
-  fi
-  local py="${MOCO_PYTHON:-python3}"
-  local torch_lib
-  torch_lib="$("$py" -c 'import torch,os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-  export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  export PATH="$pack_dir/bin:$PATH" MOCO_PYTHON="$py" MOCO_REPO_ROOT="$root"
-  # cuDNN convolutions default to TF32 on Ampere+; parity checks need true fp32.
-  export NVIDIA_TF32_OVERRIDE="${NVIDIA_TF32_OVERRIDE:-0}"
-  echo "gpu.sh run: libtorch from $torch_lib; $("$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())')" >&2
-  for b in "$pack_dir"/bin/*; do
-    if ldd "$b" | grep -q 'not found'; then
-      echo "gpu.sh run: $(basename "$b") has unresolved libraries:" >&2; ldd "$b" | grep 'not found' >&2
-    fi
-  done
+  use_binaries
   "$@"
 }
 
-selftest() {
-  pack
-  local ref; ref="$(mktemp -d)"
-  MOCO_PYTHON="$root/.venv/bin/python3" run -- bash -c '
-    set -e
-    echo "libtorch resolves to: $(ldd "$(command -v moco-parity)" | grep -E "libtorch_cpu|libtorch_cuda" | sed "s/ (.*//" | tr -s "\t " " ")"
-    moco-parity --arch resnet18 --ref "$0" --generate --device cpu' "$ref"
-  rm -rf "$ref"
+# ---- verify -----------------------------------------------------------------------------------
+
+# `stage NAME SECONDS CMD...`: one stage under its own timeout, its output in the log, its result
+# (the JSON lines it printed on fd 3) kept for the summary; a stage that fails or times out is
+# recorded and the next one runs.
+stage() {
+  local name=$1 secs=$2; shift 2
+  local t0; t0=$(date +%s)
+  echo "== $name (timeout ${secs} s)" >> "$LOG"
+  local rc=0
+  timeout --kill-after=10 "$secs" bash -ec '"$@"' _ "$@" >> "$LOG" 2>&1 3>> "$RESULTS" || rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local status=ok
+  [ "$rc" = 0 ] || status="failed (exit $rc)"
+  [ "$rc" = 124 ] && status="timed out"
+  echo "{\"stage\": \"$name\", \"status\": \"$status\", \"seconds\": $dt}" >> "$RESULTS"
+  echo "gpu.sh verify: $name: $status in $dt s" >&2
 }
 
-# The device checks, each logged to $OUT/<name>.log, one failing does not stop the others.
-checks() {
-  local out="${OUT:-/tmp/gpu-checks}"; mkdir -p "$out"
-  local data="$out/synth"
-  check() { local name=$1; shift; echo "== $name" >&2
-    if run -- "$@" >"$out/$name.log" 2>&1; then echo "ok $name" | tee -a "$out/summary.txt" >&2
-    else echo "FAILED $name (exit $?)" | tee -a "$out/summary.txt" >&2; tail -5 "$out/$name.log" >&2; fi; }
-  check synth moco-train synth --out "$data"
-  check parity bash -c 'moco-parity --arch resnet18 --ref "$(mktemp -d)" --generate --device cuda'
-  check nccl-step moco-train pretrain --data "$data" --out "$out/nccl" --device cuda \
-    --dist-backend nccl --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
-  check gloo-cuda-step moco-train pretrain --data "$data" --out "$out/gloo" --device cuda \
-    --dist-backend gloo --steps 3 --batch-size 64 --queue-size 256 --bn-splits 4 --no-knn --quiet --json
-  # One bf16 step of every method (the last line of each log: its loss and step time).
-  local methods
-  methods=$(run -- moco-train methods --json | python3 -c \
-    "import json,sys; print(' '.join(m['name'] for m in json.loads(sys.stdin.read().splitlines()[-1])['methods']))")
-  for m in $methods; do
-    check "step-$m" moco-train pretrain --data "$data" --out "$out/step-$m" --device cuda --method "$m" \
-      --amp bf16 --steps 2 --batch-size 64 --log-every 1 --no-knn --quiet --json
+# A result line for the summary (fd 3 of a stage).
+result() { echo "$1" >&3; }
+
+environment() {
+  local want_cuda=$1
+  "$MOCO_PYTHON" - "$want_cuda" <<'PY' >&3
+import json, subprocess, sys, torch
+r = {"stage": "environment", "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+if r["cuda_available"]:
+    r["gpu"] = torch.cuda.get_device_name(0)
+    r["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    r["cuda"] = torch.version.cuda
+try:
+    r["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=20).stdout.strip()
+except Exception as e:
+    r["nvidia_smi"] = f"unavailable: {e}"
+print(json.dumps(r))
+PY
+  moco-train info >> "$LOG"
+  local v; v="$("$MOCO_PYTHON" -c 'import torch; print(torch.__version__)')"
+  case "$v" in 2.11.0*) ;; *) echo "gpu.sh verify: python3's torch is $v, the binaries need 2.11.0" >&2; return 3 ;; esac
+  if [ "$want_cuda" = 1 ] && ! "$MOCO_PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "gpu.sh verify: no CUDA device visible to torch" >&2; return 4
+  fi
+}
+
+# (b) For every METHOD:PRECISION of PARITY: one start saved on the CPU, two steps on the CPU and
+# two on the device from it, `moco-train compare` with that precision's bounds.
+parity() {
+  local dev=$1 data=$2 work=$3
+  local common=(--data "$data" --no-knn --quiet --steps 2 --log-every 1 --checkpoint-every 2
+    --batch-size "$PARITY_BATCH" --crop "$PARITY_CROP" --mlp-hidden 256 --proj-dim 64 --seed 1)
+  local m p
+  for mp in $PARITY; do
+    m=${mp%%:*} p=${mp#*:}
+    local extra=()
+    case "$m" in mocov1|mocov2) extra=(--queue-size "$((PARITY_BATCH * 4))" --bn-splits 2) ;; esac
+    [ -f "$work/$m.init" ] || moco-train pretrain "${common[@]}" "${extra[@]}" --method "$m" \
+      --out "$work/init-$m" --device cpu --save-init "$work/$m.init" >> "$LOG" 2>&1
+    local flags=()
+    case "$p" in float64) flags=(--float64) ;; bf16) flags=(--amp bf16) ;; esac
+    local a="$work/$m-$p-$dev" b="$work/$m-$p-cpu"
+    local ok=1
+    moco-train pretrain "${common[@]}" "${extra[@]}" "${flags[@]}" --method "$m" --init-from "$work/$m.init" \
+      --device cpu --out "$b" >> "$LOG" 2>&1 || ok=0
+    [ "$ok" = 1 ] && { moco-train pretrain "${common[@]}" "${extra[@]}" "${flags[@]}" --method "$m" \
+      --init-from "$work/$m.init" --device "$dev" --no-tf32 --out "$a" >> "$LOG" 2>&1 || ok=0; }
+    if [ "$ok" = 1 ]; then
+      local line
+      line="$(moco-train compare "$a" "$b" --precision "$p" --json 2>> "$LOG" | tail -1)" || true
+      [ -n "$line" ] || line="{\"ok\": false, \"error\": \"$(tail -1 "$LOG" | tr -d '"\\')\"}"
+      result "{\"stage\": \"parity\", \"method\": \"$m\", \"precision\": \"$p\", \"compare\": $line}"
+    else
+      result "{\"stage\": \"parity\", \"method\": \"$m\", \"precision\": \"$p\", \"error\": \"$(tail -1 "$LOG" | tr -d '"\\')\"}"
+    fi
   done
-  check bench-data moco-train bench-data --data "$data" --device cuda --batch-size 256 --json
-  check ort-providers bash -c '"$MOCO_PYTHON" -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"'
-  cat "$out/summary.txt" >&2
+}
+
+# (c) Synchronised steps of MoCo v2: two-view images/s, host ms per step, peak memory.
+throughput() {
+  local dev=$1 data=$2 work=$3
+  for arch in $ARCHS; do for crop in $CROPS; do for amp in off bf16; do for batch in $BATCHES; do
+    local line
+    line="$(moco-train bench-step --data "$data" --out "$work/bench" --device "$dev" --arch "$arch" \
+      --crop "$crop" --amp "$amp" --batch-size "$batch" --bn-splits 8 --queue-size 65536 --no-knn --quiet \
+      --warmup "$WARMUP" --timed "$TIMED" --no-count --json 2>> "$LOG" | tail -1)" || line=""
+    rm -rf "$work/bench"
+    [ -n "$line" ] && result "{\"stage\": \"throughput\", \"result\": $line}"
+  done; done; done; done
+}
+
+# (d) ≈ LEARN_SECONDS of bf16 MoCo v2 at batch 256 on generated data, kNN every epoch, against
+# the random-init floor measured the same way; the curve as OUT/curves.png.
+learning() {
+  local dev=$1 data=$2 work=$3 out=$4
+  local floor
+  floor="$(moco-train knn --random-init --arch resnet18 --data "$data" --device "$dev" --json 2>> "$LOG" | tail -1)"
+  result "{\"stage\": \"learning\", \"floor\": $floor}"
+  # Epochs that fit the budget at the speed stage (c) measured (or a guess without it).
+  local epochs
+  epochs="$("$MOCO_PYTHON" - "$RESULTS" "$LEARN_SECONDS" "$data" "$LEARN_MAX_EPOCHS" <<'PY'
+import json, os, sys
+rows = [r["result"] for r in map(json.loads, open(sys.argv[1]))
+        if r.get("stage") == "throughput" and "result" in r]
+ips = [r["two_view_images_per_sec"] for r in rows
+       if r["arch"] == "resnet18" and r["amp"] == "bf16" and r["crop"] == 96]
+n = sum(len(os.listdir(os.path.join(sys.argv[3], s))) if s == "unlabeled" else
+        sum(len(os.listdir(os.path.join(sys.argv[3], s, c))) for c in os.listdir(os.path.join(sys.argv[3], s)))
+        for s in ("unlabeled", "train"))
+speed = 0.8 * max(ips) if ips else 200.0
+print(min(int(sys.argv[4]), max(1, int(float(sys.argv[2]) * speed / n))))
+PY
+)"
+  local run="$work/learn"
+  local line
+  # Stopped past its budget (SIGTERM: a checkpoint, exit 75), it still leaves its curve.
+  line="$(timeout -s TERM "$(( LEARN_SECONDS * 2 ))" moco-train pretrain --data "$data" --out "$run" \
+    --device "$dev" --amp bf16 --batch-size "$LEARN_BATCH" --epochs "$epochs" --knn-every 1 --lr 0.24 \
+    --head-bn --bn-splits 8 --queue-size 4096 --quiet --json 2>> "$LOG" | tail -1)" || line="{}"
+  result "{\"stage\": \"learning\", \"epochs\": $epochs, \"result\": ${line:-{\}}}"
+  "$MOCO_PYTHON" -c 'import json,sys; [print(json.dumps({"stage": "learning", "epoch": r.get("epoch"), "knn_top1": r["knn_top1"], "images_per_sec": r.get("images_per_sec")})) for r in map(json.loads, open(sys.argv[1])) if "knn_top1" in r]' "$run/metrics.jsonl" >&3
+  local f; f="$("$MOCO_PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])["top1"])' "$floor")"
+  moco-train plot "$run" --floor "$f" --out "$out/curves.png" >> "$LOG" 2>&1
+}
+
+# (e) moco-infer on the learned encoder with a quick linear probe: ONNX Runtime's CUDA provider
+# where its library is there, else a line saying so; tract on the CPU.
+inference() {
+  local dev=$1 data=$2 work=$3
+  local run="$work/learn" encoder="$work/learn/encoder.safetensors"
+  # A learning run stopped at its budget left a checkpoint instead (its query encoder is read).
+  [ -f "$encoder" ] || encoder="$(ls "$run"/checkpoints/step-*.safetensors | tail -1)"
+  moco-train linear --encoder "$encoder" --data "$data" --out "$work/probe" --fast \
+    --epochs "$PROBE_EPOCHS" --device "$dev" --json >> "$LOG" 2>&1
+  moco-export --encoder "$encoder" --classifier "$work/probe/classifier.safetensors" \
+    --out "$work/model.onnx" >> "$LOG" 2>&1
+  local providers
+  providers="$("$MOCO_PYTHON" -c 'import onnxruntime as o; print(" ".join(o.get_available_providers()))' 2>/dev/null || echo none)"
+  result "{\"stage\": \"inference\", \"ort_providers\": \"$providers\"}"
+  local backends=("tract cpu" "ort cpu")
+  if [ "$dev" != cpu ]; then
+    if echo "$providers" | grep -q CUDAExecutionProvider; then
+      backends+=("ort cuda")
+    else
+      result "{\"stage\": \"inference\", \"ort_cuda\": \"absent: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu: GPU=1 make setup)\"}"
+    fi
+  fi
+  for bd in "${backends[@]}"; do
+    set -- $bd
+    local line
+    line="$(moco-infer --model "$work/model.onnx" --data "$data" --split val --backend "$1" --device "$2" \
+      --batch-size 64 --json 2>> "$LOG" | tail -1)" || line="{\"error\": \"failed\"}"
+    result "{\"stage\": \"inference\", \"backend\": \"$1\", \"device\": \"$2\", \"result\": $line}"
+  done
+}
+
+verify() {
+  cd "$root"
+  local out="${OUT:-$root/runs/gpu-verify}"; mkdir -p "$out"
+  local work; work="$(mktemp -d)"
+  export LOG="$work/verify.log" RESULTS="$work/results.jsonl"
+  : > "$LOG"; : > "$RESULTS"
+  local dev=cuda want_cuda=1 synth
+  if [ "${GPU_SH_DEVICE:-cuda}" = cpu ]; then
+    dev=cpu want_cuda=0
+    # Every method once, every precision once: each line of the script runs.
+    export PARITY="mocov2:float64 mocov2:bf16 mocov1:float32 mocov3:float32 simclr:float32 byol:float32"
+    export PARITY_BATCH=8 PARITY_CROP=32 ARCHS=resnet18 CROPS=32 BATCHES=16 WARMUP=1 TIMED=2
+    export LEARN_SECONDS=20 LEARN_MAX_EPOCHS=3 LEARN_BATCH=16 PROBE_EPOCHS=2
+    synth=(--classes 3 --train-per-class 20 --val-per-class 10 --unlabeled 40)
+  else
+    export PARITY="$(for m in mocov2 mocov1 mocov3 simclr byol; do printf '%s ' $m:float64 $m:float32 $m:bf16; done)"
+    export PARITY_BATCH=32 PARITY_CROP=64 ARCHS="resnet18 resnet50" CROPS="96 64" BATCHES="256" WARMUP=20 TIMED=100
+    export LEARN_SECONDS=120 LEARN_MAX_EPOCHS=100 LEARN_BATCH=256 PROBE_EPOCHS=20
+    synth=()
+  fi
+  use_binaries
+  export -f result environment parity throughput learning inference
+  stage environment 60 environment "$want_cuda" || true
+  if grep -q '"stage": "environment", "status": "failed' "$RESULTS"; then
+    summarize "$work" "$out"
+    echo "gpu.sh verify: stopped: $(grep 'gpu.sh verify' "$LOG" | tail -1)" >&2
+    return 1
+  fi
+  local data="$work/synth"
+  moco-train synth --out "$data" "${synth[@]}" >> "$LOG" 2>&1
+  stage parity 240 parity "$dev" "$data" "$work" || true
+  stage throughput 200 throughput "$dev" "$data" "$work" || true
+  stage learning $(( LEARN_SECONDS * 2 + 60 )) learning "$dev" "$data" "$work" "$out" || true
+  stage inference 60 inference "$dev" "$data" "$work" || true
+  summarize "$work" "$out"
+}
+
+summarize() {
+  local work=$1 out=$2
+  gzip -c "$work/verify.log" > "$out/verify.log.gz"
+  "$MOCO_PYTHON" "$root/scripts/gpu_summary.py" "$work/results.jsonl" "$out/summary.json"
 }
 
 case "${1:-}" in
   pack) pack ;;
-  checks) checks ;;
+  verify) verify ;;
   run) shift; run "$@" ;;
-  selftest) selftest ;;
-  *) echo "usage: scripts/gpu.sh pack | run -- CMD... | selftest | checks" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu.sh pack | verify | run -- CMD..." >&2; exit 2 ;;
 esac

@@ -5,13 +5,13 @@
 #
 #   scripts/scale.sh [STAGE...]     (default: every stage, in order; a recorded stage is skipped)
 #
-# DIR (default ~/moco-runs/scale) holds the data (≈ 11 GB of PNGs), the decoded stores (≈ 16 GB)
+# DIR (default runs/scale in the checkout) holds the data (≈ 11 GB of PNGs), the decoded stores (≈ 16 GB)
 # and the runs. UNLABELED (default 512000) sizes the full set; POOLS (default "64000 128000") are
 # the label-request pools, views of the first POOL unlabeled images (symbolic links), so the
 # growth of label-request is measured without a 512,000-image pass of every strategy.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-DIR=${DIR:-$HOME/moco-runs/scale}
+DIR=${DIR:-$here/runs/scale}
 BIN=${BIN:-$here/target/release}
 UNLABELED=${UNLABELED:-512000}
 PER_CLASS=${PER_CLASS:-32}

@@ -1,46 +1,107 @@
 #!/usr/bin/env bash
-# Recipe study for small data: short pretraining runs, the kNN top-1 at their end, one table.
+# Recipe studies at equal compute: short pretraining runs, each given the same CPU minutes, then
+# kNN and a linear probe on their encoders, one table.
 #
 #   scripts/study.sh RECIPES [OUT]
 #
-# RECIPES: one run per line, `name | pretrain flags` (# starts a comment). Every run gets the
-# same data, batch and seed; the flags name what differs. Runs go JOBS (2) at a time with
-# THREADS (1) libtorch threads each, so that every run gets the same share of the machine.
-# DATA (../shared/data/imagenette96). Results: OUT/NAME/ (the run), OUT/study.jsonl (one line
-# per run: name, flags, steps, seconds, final loss, kNN top-1 k=200 T=0.1 on train→val), and a
-# markdown table on stdout. A run whose directory already holds a result is not repeated.
+# RECIPES: one run per line, `name | pretrain flags` (# starts a comment); the flags name what
+# differs. Every run gets the same data and seed. Runs go JOBS (2) at a time with THREADS (1)
+# libtorch threads each, so that every run gets the same share of the machine.
+#
+# BUDGET_MIN (CPU minutes per run, default 15): each recipe is first timed for CAL_STEPS (16) steps
+# in the same conditions (JOBS side by side), and its run gets as many steps as its measured speed
+# fits in the budget; the cosine schedule runs over those steps. A recipe that names --steps or
+# --epochs keeps them. Results: OUT/NAME/ (the run), OUT/NAME.linear/ (the probe, LINEAR=1),
+# OUT/study.jsonl (one line per run) and a markdown table on stdout; LINEAR_FLAGS adds flags to
+# the probe (e.g. --standardize). kNN: k 200, T 0.1, train →
+# val, at the data's size (96 px for imagenette96); KNN_EVERY=N also measures it every N epochs
+# during the run (the curve in OUT/NAME/metrics.jsonl). A run whose directory already
+# holds a result is not repeated. DATA (the imagenette96 photos; required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 RECIPES="${1:?usage: scripts/study.sh RECIPES [OUT]}"
-OUT="${2:-$HOME/moco-runs/study}"
-DATA="${DATA:-../shared/data/imagenette96}"
+OUT="${2:-runs/study}"
+DATA="${DATA:?DATA=path to a labeled dataset (e.g. imagenette96)}"
 JOBS="${JOBS:-2}"
 THREADS="${THREADS:-1}"
-BIN=target/release/moco-train
+BUDGET_MIN="${BUDGET_MIN:-15}"
+CAL_STEPS="${CAL_STEPS:-16}"
+LINEAR="${LINEAR:-1}"
+LINEAR_FLAGS="${LINEAR_FLAGS:-}"
+BIN="${BIN:-target/release/moco-train}"
 [ -x "$BIN" ] || { echo "study: build first (make build)" >&2; exit 1; }
 [ -d "$DATA/train" ] || { echo "study: $DATA/train not found (set DATA=...)" >&2; exit 1; }
 mkdir -p "$OUT"
 
-one() { # "name | flags"
-  local name flags
-  name="$(echo "${1%%|*}" | xargs)"; flags="${1#*|}"
-  [ -f "$OUT/$name/result.json" ] && return 0
+# Steps that fit BUDGET_MIN at the speed of a CAL_STEPS-step run of the same flags.
+calibrate() { # name flags
+  local name=$1 flags=$2 dir="$OUT/.cal/$1"
+  [ -f "$dir.steps" ] && return 0
+  rm -rf "$dir"; mkdir -p "$OUT/.cal"
   # shellcheck disable=SC2086
-  RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$OUT/$name" --threads "$THREADS" \
-    --knn-every 0 --quiet --json $flags > "$OUT/$name.stdout" 2> "$OUT/$name.stderr" \
-    || { echo "study: $name failed: $(tail -1 "$OUT/$name.stderr")" >&2; return 0; }
-  tail -1 "$OUT/$name.stdout" > "$OUT/$name/result.json"
-  echo "study: $name done: $(cat "$OUT/$name/result.json")" >&2
+  RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$dir" --threads "$THREADS" \
+    --no-knn --quiet --json --steps "$CAL_STEPS" --log-every $((CAL_STEPS / 2)) $flags \
+    > /dev/null 2> "$dir.stderr" || { echo "study: calibrating $name failed: $(tail -1 "$dir.stderr")" >&2; return 0; }
+  .venv/bin/python3 - "$dir/metrics.jsonl" "$BUDGET_MIN" "$THREADS" "$flags" > "$dir.steps" <<'PY'
+import json, re, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+ips = lines[-1]["images_per_sec"]  # the second half: warm
+batch = int(re.search(r"--batch-size\s+(\d+)", sys.argv[4] + " --batch-size 256").group(1))
+secs = float(sys.argv[2]) * 60 / int(sys.argv[3])
+print(max(1, int(secs * ips / batch)))
+PY
 }
-export -f one; export OUT DATA THREADS BIN
-grep -v '^\s*#' "$RECIPES" | grep '|' | tr '\n' '\0' | xargs -0 -P "$JOBS" -I{} bash -c 'one "$1"' _ {}
 
-.venv/bin/python3 - "$RECIPES" "$OUT" <<'PY'
+one() { # "name | flags"
+  local name flags steps
+  name="$(echo "${1%%|*}" | xargs)"; flags="${1#*|}"
+  if [ ! -f "$OUT/$name/result.json" ]; then
+    steps=""
+    if ! echo "$flags" | grep -qE -- '--(steps|epochs)'; then
+      calibrate "$name" "$flags"
+      [ -f "$OUT/.cal/$name.steps" ] || return 0
+      steps="--steps $(cat "$OUT/.cal/$name.steps")"
+    fi
+    local monitor="--no-knn"
+    [ -z "${KNN_EVERY:-}" ] || monitor="--knn-every $KNN_EVERY"
+    local t0; t0=$(date +%s)
+    # shellcheck disable=SC2086
+    RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$OUT/$name" --threads "$THREADS" \
+      $monitor --quiet --json --resume $steps $flags > "$OUT/$name.stdout" 2> "$OUT/$name.stderr" \
+      || { echo "study: $name failed: $(tail -1 "$OUT/$name.stderr")" >&2; return 0; }
+    tail -1 "$OUT/$name.stdout" > "$OUT/$name/result.json"
+    echo "$(( $(date +%s) - t0 ))" > "$OUT/$name/wall_seconds"
+    echo "study: $name done: $(cat "$OUT/$name/result.json")" >&2
+  fi
+  if [ ! -f "$OUT/$name/knn.json" ]; then
+    RAYON_NUM_THREADS="$THREADS" "$BIN" knn --encoder "$OUT/$name/encoder.safetensors" --data "$DATA" \
+      --threads "$THREADS" --json 2> "$OUT/$name.knn.stderr" | tail -1 > "$OUT/$name/knn.json.tmp" \
+      && mv "$OUT/$name/knn.json.tmp" "$OUT/$name/knn.json" \
+      || echo "study: kNN of $name failed: $(tail -1 "$OUT/$name.knn.stderr")" >&2
+  fi
+  if [ "$LINEAR" = 1 ] && [ ! -f "$OUT/$name.linear/result.json" ]; then
+    RAYON_NUM_THREADS="$THREADS" "$BIN" linear --encoder "$OUT/$name/encoder.safetensors" --data "$DATA" \
+      --out "$OUT/$name.linear" --fast --epochs 100 --threads "$THREADS" $LINEAR_FLAGS --json \
+      > "$OUT/$name.linear.stdout" 2> "$OUT/$name.linear.stderr" \
+      && tail -1 "$OUT/$name.linear.stdout" > "$OUT/$name.linear/result.json" \
+      || echo "study: linear of $name failed: $(tail -1 "$OUT/$name.linear.stderr")" >&2
+  fi
+}
+calibrate_line() { # "name | flags": the calibration alone (all recipes are timed before any run)
+  local name flags; name="$(echo "${1%%|*}" | xargs)"; flags="${1#*|}"
+  [ -f "$OUT/$name/result.json" ] || echo "$flags" | grep -qE -- '--(steps|epochs)' || calibrate "$name" "$flags"
+}
+export -f one calibrate calibrate_line; export OUT DATA THREADS BIN BUDGET_MIN CAL_STEPS LINEAR LINEAR_FLAGS KNN_EVERY
+lines() { grep -v '^\s*#' "$RECIPES" | grep '|' | tr '\n' '\0'; }
+lines | xargs -0 -P "$JOBS" -I{} bash -c 'calibrate_line "$1"' _ {}
+lines | xargs -0 -P "$JOBS" -I{} bash -c 'one "$1"' _ {}
+
+.venv/bin/python3 - "$RECIPES" "$OUT" "$THREADS" <<'PY'
 import json, os, sys
-recipes, out = sys.argv[1:3]
-print("| run | flags | steps | seconds | final loss | kNN top-1 |")
-print("|---|---|---|---|---|---|")
+recipes, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print("| run | flags | steps | images seen | CPU min | final loss | kNN top-1 | linear top-1 |")
+print("|---|---|---|---|---|---|---|---|")
 with open(os.path.join(out, "study.jsonl"), "w") as log:
     for line in open(recipes):
         if line.lstrip().startswith("#") or "|" not in line:
@@ -48,11 +109,19 @@ with open(os.path.join(out, "study.jsonl"), "w") as log:
         name, flags = (s.strip() for s in line.split("|", 1))
         path = os.path.join(out, name, "result.json")
         if not os.path.exists(path):
-            print(f"| {name} | `{flags}` | failed | | | |")
+            print(f"| {name} | `{flags}` | failed | | | | | |")
             continue
         r = json.load(open(path))
-        r.update(name=name, flags=flags)
+        cfg = json.load(open(os.path.join(out, name, "config.json")))
+        r.update(name=name, flags=flags, batch=cfg["algorithm"]["batch_size"])
+        r["images"] = r["steps"] * r["batch"]
+        r["cpu_minutes"] = r["seconds"] * threads / 60
+        lin = os.path.join(out, name + ".linear", "result.json")
+        r["linear_top1"] = json.load(open(lin))["top1"] if os.path.exists(lin) else None
+        knn = os.path.join(out, name, "knn.json")
+        r["knn_top1"] = json.load(open(knn))["top1"] if os.path.exists(knn) else None
         log.write(json.dumps(r) + "\n")
-        knn = "" if r.get("knn_top1") is None else f"{100 * r['knn_top1']:.1f} %"
-        print(f"| {name} | `{flags}` | {r['steps']} | {r['seconds']:.0f} | {r['loss']:.3f} | {knn} |")
+        pct = lambda v: "" if v is None else f"{100 * v:.1f} %"
+        print(f"| {name} | `{flags}` | {r['steps']} | {r['images']:,} | {r['cpu_minutes']:.0f} | "
+              f"{r['loss']:.3f} | {pct(r.get('knn_top1'))} | {pct(r['linear_top1'])} |")
 PY

@@ -5,6 +5,8 @@
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/counters.cpp");
+    println!("cargo:rerun-if-changed=csrc/foreach.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo::rustc-check-cfg=cfg(moco_gloo)");
     println!("cargo::rustc-check-cfg=cfg(moco_nccl)");
@@ -12,13 +14,16 @@ fn main() {
     // Rebuild with distributed support once libgloo-dev appears.
     println!("cargo:rerun-if-changed=/usr/include/gloo/config.h");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        // csrc/autocast.cpp: the autocast dtype setter tch lacks (for `--amp bf16`), compiled
-        // against the same libtorch headers with torch-sys's flags.
+        // csrc/{autocast,counters,foreach}.cpp: the libtorch calls tch lacks (autocast per device,
+        // op counting, foreach and fused updates), compiled against the same libtorch headers
+        // with torch-sys's flags.
         let include = std::path::Path::new(&lib).join("../include");
         let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
         cc::Build::new()
             .cpp(true)
             .file("csrc/autocast.cpp")
+            .file("csrc/counters.cpp")
+            .file("csrc/foreach.cpp")
             .include(&include)
             .include(include.join("torch/csrc/api/include"))
             .flag("-std=c++17")

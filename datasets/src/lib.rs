@@ -6,6 +6,7 @@ pub mod csv;
 pub mod decode;
 pub mod error;
 pub mod layout;
+pub mod merge_labels;
 pub mod pt_labels;
 pub mod synth;
 pub mod transform;

@@ -12,12 +12,13 @@ use crate::error::DataError;
 pub fn parse_label_tensor(bytes: &[u8]) -> Result<Vec<i64>, String> {
     let mut archive =
         Archive::open(std::io::Cursor::new(bytes))?.with_storage_limit(MAX_STORAGE_BYTES);
-    let Value::Tensor(t) = archive.root.clone() else {
+    let Value::Tensor(t) = &archive.root else {
         return Err(format!(
             "the pickle holds a {}, not a tensor",
             archive.root.kind()
         ));
     };
+    let t = t.clone();
     if t.dtype != StorageDtype::I64 {
         return Err(format!("labels must be int64, found {}", t.dtype.name()));
     }

@@ -2,8 +2,5 @@
 //! input/output shapes and the `moco.*` metadata.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::path::Path;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = infer::parse_model_info(data, Path::new("fuzz.onnx"));
-});
+fuzz_target!(|data: &[u8]| moco_fuzz::exercise::onnx_metadata(data));

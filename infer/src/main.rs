@@ -67,6 +67,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     atomic_io::report_file_size_limit_as_error();
+    if std::env::var_os("MOCO_HELP_MARKDOWN").is_some() {
+        // docs/cli.md, generated from these definitions (trainer/tests/cli_docs.rs checks it).
+        print!("{}", clap_markdown::help_markdown::<Cli>());
+        return ExitCode::SUCCESS;
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -161,10 +166,12 @@ fn run(cli: Cli) -> Result<(), InferError> {
             cli.split.name(),
             backend_name.as_str().unwrap_or(""),
             device_name.as_str().unwrap_or(""),
-            if info.quantization.is_some() {
-                ", int8 model"
-            } else {
-                ""
+            match &info.quantization {
+                Some(q) => format!(
+                    ", int8 model, {} calibration",
+                    q["calibration"].as_str().unwrap_or("minmax")
+                ),
+                None => String::new(),
             },
             ips
         );

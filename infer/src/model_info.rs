@@ -7,7 +7,9 @@ use std::path::Path;
 use models::preprocess::{META_ARCH, META_CLASSES};
 use models::Preprocess;
 use prost::Message;
-use tract_onnx::pb::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto};
+use tract_onnx::pb::{
+    tensor_shape_proto::dimension::Value as DimValue, type_proto, GraphProto, ModelProto,
+};
 
 use crate::InferError;
 
@@ -39,6 +41,55 @@ fn dims(vi: &tract_onnx::pb::ValueInfoProto) -> Option<Vec<Option<i64>>> {
         #[allow(unreachable_patterns)]
         _ => None,
     }
+}
+
+/// The operators moco-export (and torch.onnx.export of the same network) writes, with how many
+/// inputs each takes; each has one output. A node outside this, or of another arity, is refused
+/// here: tract's importer indexes a node's inputs and outputs without checking them.
+const OPS: [(&str, usize, usize); 12] = [
+    ("Sub", 2, 2),
+    ("Div", 2, 2),
+    ("Conv", 2, 3),
+    ("BatchNormalization", 5, 5),
+    ("Relu", 1, 1),
+    ("MaxPool", 1, 1),
+    ("Add", 2, 2),
+    ("GlobalAveragePool", 1, 1),
+    ("Flatten", 1, 1),
+    ("Gemm", 2, 3),
+    ("QuantizeLinear", 2, 3),
+    ("DequantizeLinear", 2, 3),
+];
+
+fn check_nodes(graph: &GraphProto) -> Result<(), String> {
+    for n in &graph.node {
+        let Some(&(op, min, max)) = OPS.iter().find(|(op, ..)| *op == n.op_type) else {
+            return Err(format!(
+                "node `{}`: operator `{}` is not one moco-export writes",
+                n.name, n.op_type
+            ));
+        };
+        let (i, o) = (n.input.len(), n.output.len());
+        if !(min..=max).contains(&i) || o != 1 || n.input.iter().any(String::is_empty) {
+            return Err(format!(
+                "node `{}` ({op}) has {i} inputs and {o} outputs; expected {min}–{max} named \
+                 inputs and 1 output",
+                n.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a graph input, an initializer or a node's output (tract's importer panics
+/// on a graph output that is none of these).
+fn produced(graph: &GraphProto, name: &str) -> bool {
+    graph.input.iter().any(|i| i.name == name)
+        || graph.initializer.iter().any(|t| t.name == name)
+        || graph
+            .node
+            .iter()
+            .any(|n| n.output.iter().any(|o| o == name))
 }
 
 /// Parses and validates the model's interface (the weights are left to the runtime).
@@ -83,6 +134,12 @@ pub fn parse_model_info(bytes: &[u8], path: &Path) -> Result<ModelInfo, InferErr
         }
     }
     let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    check_nodes(graph).map_err(bad)?;
+    if let Some(o) = outputs.iter().find(|o| !produced(graph, o)) {
+        return Err(bad(format!(
+            "output `{o}` is produced by no node, input or initializer"
+        )));
+    }
     let logits = graph.output.iter().find(|o| o.name == "logits");
     let num_classes = match logits.and_then(dims) {
         Some(d) if d.len() == 2 => d[1].unwrap_or(0) as usize,

@@ -69,5 +69,7 @@ pub fn load_into(
                 .copy_(&src.to_device(var.device()).to_kind(var.kind()))
         });
     }
+    // A torchvision file has no SplitBatchNorm groups: each starts from the loaded statistics.
+    crate::batch_norm::reseed_group_stats(vars);
     Ok(())
 }

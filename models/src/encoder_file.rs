@@ -40,6 +40,10 @@ pub struct EncoderFile {
     /// The backbone's prefix in the file's tensor names (`module.encoder_q.`); None: detected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The architecture the user says the file holds (`--arch`): checked where the backbone is
+    /// built from it. None: whatever the file holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<crate::Arch>,
 }
 
 impl EncoderFile {
@@ -47,6 +51,7 @@ impl EncoderFile {
         EncoderFile {
             path: path.into(),
             prefix: None,
+            arch: None,
         }
     }
 
@@ -54,7 +59,13 @@ impl EncoderFile {
         EncoderFile {
             path: path.into(),
             prefix,
+            arch: None,
         }
+    }
+
+    /// The same file, expected to hold `arch` (None: no expectation).
+    pub fn expecting(self, arch: Option<crate::Arch>) -> Self {
+        EncoderFile { arch, ..self }
     }
 
     /// The backbone's tensors under torchvision names (heads such as `fc.*` included: the
@@ -72,6 +83,7 @@ impl EncoderFile {
                     backbone_prefix(&names, self.prefix.as_deref()).map_err(fail)?;
                 map.tensors = std::mem::take(&mut map.tensors)
                     .into_iter()
+                    .filter(|(n, _)| !n.ends_with(crate::SPLIT_GROUPS_SUFFIX))
                     .filter_map(|(n, t)| strip(&n, &prefix, &others).map(|n| (n, t)))
                     .collect();
                 Ok(map)

@@ -65,6 +65,11 @@ impl Conv2d {
     }
 }
 
+/// The suffix of a SplitBatchNorm's per-group running statistics in a training checkpoint
+/// (`bn1.running_mean_groups`, `[splits · C]`): the trainer's bookkeeping, not part of the
+/// torchvision model, whose `running_mean` holds their mean. Readers of a backbone skip them.
+pub const SPLIT_GROUPS_SUFFIX: &str = "_groups";
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchNorm2d {
     pub name: String,

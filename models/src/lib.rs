@@ -22,7 +22,9 @@ pub use arch::{Arch, BlockKind};
 pub use encoder_file::EncoderFile;
 pub use error::{ModelError, Result};
 pub use heads::{Classifier, ClassifierFile, MlpHead, MlpLayer, MlpShape, MOCO_DIM};
-pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec};
+pub use layers::{
+    BatchNorm2d, Conv2d, ConvBn, Linear, TensorRole, TensorSpec, SPLIT_GROUPS_SUFFIX,
+};
 pub use preprocess::Preprocess;
 pub use resnet::{Block, Lowering, ResNetDesc, Stage, Stem};
 pub use weights::{DType, TensorData, TensorMap};

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+import amp_policy  # noqa: E402
 from torchvision_parity import SplitBatchNorm  # noqa: E402  (MoCo demo's layer, one copy)
 
 
@@ -128,6 +129,9 @@ def main(inp, out):
     dtype = torch.float64 if meta.get("dtype") == "float64" else torch.float32
     model.to(dtype)
     t = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in t.items()}
+    if meta.get("dtype") == amp_policy.MODE:
+        amp_policy.autocast_forward(model.encoder_q)
+        amp_policy.autocast_forward(model.encoder_k)
     model.train()
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1,
                           momentum=float(meta["sgd_momentum"]),
@@ -139,7 +143,8 @@ def main(inp, out):
             g["lr"] = float(meta[f"lr_{s}"])
         perms = [t[f"perm_{s}"]] + ([t[f"perm2_{s}"]] if symmetric else [])
         opt.zero_grad()
-        loss = model(t[f"im1_{s}"], t[f"im2_{s}"], perms)
+        with amp_policy.step():
+            loss = model(t[f"im1_{s}"], t[f"im2_{s}"], perms)
         loss.backward()
         res[f"loss_{s}"] = loss.detach().reshape(1)
         for n, p in zip(names, model.encoder_q.parameters()):

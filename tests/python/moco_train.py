@@ -90,6 +90,8 @@ def main():
     ap.add_argument("--no-knn", action="store_true")
     ap.add_argument("--crop", type=int, default=96, help="side of the augmented views")
     ap.add_argument("--head-bn", action="store_true", help="BatchNorm in the projector")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: the forward under torch.autocast('cpu', torch.bfloat16)")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -115,7 +117,8 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr
             perm = torch.randperm(a.batch_size)
-            loss = model(views[0], views[1], [perm])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.amp == "bf16"):
+                loss = model(views[0], views[1], [perm])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -5,7 +5,8 @@ INPUT (safetensors): q/<name> (the online network's initial variables, torchvisi
 fc.* the projector and predictor.* the predictor), im1_<t>, im2_<t>; metadata: arch, steps,
 lr_<t>, temperature, momentum, bn_splits, weight_decay, optim_momentum, optimizer (sgd|lars),
 projector / predictor shapes as JSON ({layers, hidden, out, bias, hidden_norm, out_norm}),
-dtype.
+dtype (float64, float32, or bf16-autocast: float32 weights, networks under CPU bf16 autocast,
+the loss in float32 — amp_policy.py).
 OUTPUT: per step t: loss_<t>, grad_<t>/<name> (online parameters), k_<t>/<name> (the target
 network's state after the step, where there is one).
 """
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+import amp_policy  # noqa: E402
 from moco_reference import SplitBatchNorm1d  # noqa: E402
 from torchvision_parity import SplitBatchNorm  # noqa: E402
 
@@ -136,6 +138,10 @@ def run(inp, out, loss_fn, after_step=None, target=None):
     `after_step(online, target, step, total)`; records what the Rust side records."""
     t, meta, online, dtype = setup(inp)
     tgt = target_of(online, meta, dtype) if target else None
+    if meta.get("dtype") == amp_policy.MODE:
+        for net in [online, getattr(online, "predictor", None), tgt]:
+            if net is not None:
+                amp_policy.autocast_forward(net)
     steps = int(meta["steps"])
     opt = optimizer(meta, online.parameters())
     res = {}
@@ -143,7 +149,8 @@ def run(inp, out, loss_fn, after_step=None, target=None):
         for g in opt.param_groups:
             g["lr"] = float(meta[f"lr_{s}"])
         opt.zero_grad()
-        loss = loss_fn(online, tgt, t[f"im1_{s}"], t[f"im2_{s}"], s, steps)
+        with amp_policy.step():
+            loss = loss_fn(online, tgt, t[f"im1_{s}"], t[f"im2_{s}"], s, steps)
         loss.backward()
         res[f"loss_{s}"] = loss.detach().reshape(1)
         for n, p in online.named_parameters():

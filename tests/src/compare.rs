@@ -52,6 +52,21 @@ pub fn check_abs(name: &str, ours: &Tensor, reference: &Tensor, tol: f64) -> Che
     c
 }
 
+/// ‖ours − reference‖₂ / ‖reference‖₂ against `tol` (`scale` fixed at 1): a measure of a
+/// systematic difference that a few elements rounded the other way barely move.
+pub fn check_rel_l2(name: &str, ours: &Tensor, reference: &Tensor, tol: f64) -> Check {
+    let mut c = check(name, ours, reference, tol);
+    if c.max_abs_diff.is_finite() {
+        let a = ours.to_device(Device::Cpu).to_kind(Kind::Double);
+        let b = reference.to_device(Device::Cpu).to_kind(Kind::Double);
+        let norm = b.norm().double_value(&[]).max(f64::MIN_POSITIVE);
+        c.max_abs_diff = (a - b).norm().double_value(&[]) / norm;
+    }
+    c.scale = 1.0;
+    c.ok = c.max_abs_diff.is_finite() && c.max_abs_diff <= tol;
+    c
+}
+
 pub fn summarize(checks: &[Check]) -> String {
     let worst = checks
         .iter()

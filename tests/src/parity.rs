@@ -208,6 +208,8 @@ impl ResnetReference {
             self.r("split.a.logits")?,
             OUTPUT_TOL,
         ));
+        // The split statistics live in per-group buffers; like a save, a read syncs them first.
+        models_tch::batch_norm::sync_group_stats(&vs.variables());
         checks.extend(self.bn_checks(&vs, desc, "split.a.after")?);
         Ok(checks)
     }

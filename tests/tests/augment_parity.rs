@@ -203,19 +203,22 @@ fn deterministic_parts_match_torchvision() {
             .double_value(&[]);
         assert!(d < 1e-5, "image {i}: batched view differs by {d}");
     }
-    // The device path of the colour stage (grouped libtorch kernels, used on CUDA) against the
-    // fused host path that `views_01` takes on the CPU.
-    let no_blur: Vec<ViewParams> = params
-        .iter()
-        .map(|p| ViewParams {
-            blur_sigma: None,
-            ..p.clone()
-        })
-        .collect();
-    let host = aug.views_01(&images, &no_blur);
-    let device = aug.color_batched(rrc.shallow_clone(), &no_blur);
-    let d = (host - device).abs().max().double_value(&[]);
-    eprintln!("colour stage, host fused vs device batched: max |Δ| {d:.2e}");
+    // The batched GPU path (every view in one pass: crops as interpolation matrices, jitter in
+    // rounds over the whole batch, per-view blur kernels) against the same composition, and
+    // against the CPU path: crops, jitter order, grayscale and blur bookkeeping of the batch.
+    let mut gpu = Augmenter::new(AugConfig::mocov2(SIZE), &Default::default(), Device::Cpu);
+    gpu.use_batched_path();
+    let batched = gpu.views_01(&images, &params);
+    let cpu = aug.views_01(&images, &params);
+    for i in 0..n {
+        let d = (batched.narrow(0, i as i64, 1) - whole.narrow(0, i as i64, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(d < 1e-5, "image {i}: batched GPU path differs by {d}");
+    }
+    let d = (&batched - &cpu).abs().max().double_value(&[]);
+    eprintln!("whole views, batched GPU path vs CPU path: max |Δ| {d:.2e}");
     // Rounding only: the host sums the contrast mean in f64 and divides once per pixel.
     assert!(d < 1e-5, "{d}");
 }

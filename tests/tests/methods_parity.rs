@@ -7,7 +7,8 @@
 use moco_tests::compare::summarize;
 use moco_tests::python::run_script;
 use moco_tests::steps::{
-    build, compare, inputs, inputs_map, read_reference, run_rust, Inputs, RNG_LOCK,
+    build, compare, compare_amp, inputs, inputs_map, read_reference, run_rust, run_rust_under,
+    Inputs, AMP_MODE, CPU_BF16, RNG_LOCK,
 };
 use models::Arch;
 use tch::Kind;
@@ -48,6 +49,7 @@ fn write_inputs(
     (cfg, optim): (&MethodConfig, &OptimConfig),
     bn_splits: i64,
     inp: &Inputs,
+    dtype: &str,
 ) {
     let method = build(cfg, bn_splits, BATCH, Kind::Float);
     let meta = [
@@ -67,7 +69,7 @@ fn write_inputs(
         ),
         ("projector", serde_json::to_string(&cfg.projector).unwrap()),
         ("predictor", serde_json::to_string(&cfg.predictor).unwrap()),
-        ("dtype", "float64".into()),
+        ("dtype", dtype.into()),
     ];
     inputs_map(method.as_ref(), inp, &meta).save(path).unwrap();
 }
@@ -101,7 +103,7 @@ fn parity_within(
     let (inp_path, out_path) = (dir.path().join("in"), dir.path().join("out"));
     let lr = optim.lr;
     let inp = inputs(STEPS, BATCH, SIZE, lr);
-    write_inputs(&inp_path, (&cfg, &optim), bn_splits, &inp);
+    write_inputs(&inp_path, (&cfg, &optim), bn_splits, &inp, "float64");
     run_script(
         script,
         &[inp_path.to_str().unwrap(), out_path.to_str().unwrap()],
@@ -208,4 +210,57 @@ fn byol_steps_match_pytorch_in_f64_and_catch_planted_faults() {
             ),
         ],
     );
+}
+
+/// One step of each method under CPU bf16 autocast against the PyTorch reference under
+/// `torch.autocast('cpu', torch.bfloat16)` with AMP's float32 loss (`amp_policy.py`): the loss,
+/// every gradient and the target network. Then the losses left to autocast must be caught.
+fn amp_parity(name: &str, script: &str, bn_splits: i64) {
+    let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let (cfg, optim) = config(name);
+    let dir = tempfile::tempdir().unwrap();
+    let (inp_path, out_path) = (dir.path().join("in"), dir.path().join("out"));
+    let inp = inputs(1, BATCH, SIZE, optim.lr);
+    write_inputs(&inp_path, (&cfg, &optim), bn_splits, &inp, AMP_MODE);
+    run_script(
+        script,
+        &[inp_path.to_str().unwrap(), out_path.to_str().unwrap()],
+    )
+    .unwrap();
+    let reference = read_reference(&out_path);
+    let run = || {
+        let mut method = build(&cfg, bn_splits, BATCH, Kind::Float);
+        run_rust_under(method.as_mut(), &optim, &inp, Kind::Float, CPU_BF16)
+    };
+    let checks = compare_amp(&run(), &reference);
+    let summary = summarize(&checks);
+    eprintln!("{name} parity (CPU bf16 autocast, 1 step): {summary}");
+    assert!(checks.iter().all(|c| c.ok), "{summary}");
+    let _armed = plant(trainer::amp::LOSS_IN_HALF);
+    let checks = compare_amp(&run(), &reference);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    eprintln!(
+        "  planted fault `loss in bf16`: {failed}/{} checks fail; {}",
+        checks.len(),
+        summarize(&checks)
+    );
+    assert!(
+        failed > 0,
+        "the comparison did not catch the loss left in bf16"
+    );
+}
+
+#[test]
+fn mocov3_step_under_cpu_bf16_autocast_matches_pytorch_amp() {
+    amp_parity("mocov3", "mocov3_reference.py", 2);
+}
+
+#[test]
+fn simclr_step_under_cpu_bf16_autocast_matches_pytorch_amp() {
+    amp_parity("simclr", "simclr_reference.py", 1);
+}
+
+#[test]
+fn byol_step_under_cpu_bf16_autocast_matches_pytorch_amp() {
+    amp_parity("byol", "byol_reference.py", 1);
 }

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use moco_tests::compare::{summarize, Check};
 use moco_tests::python::run_script;
 use moco_tests::steps::{
-    build, compare, inputs, inputs_map, ints, read_reference, run_rust, Inputs, DRAW_SEED, RNG_LOCK,
+    build, compare, compare_amp, inputs, inputs_map, ints, read_reference, run_rust,
+    run_rust_under, Inputs, AMP_MODE, CPU_BF16, DRAW_SEED, RNG_LOCK,
 };
 use models::Arch;
 use tch::{Kind, Tensor};
@@ -49,7 +50,16 @@ fn optim() -> OptimConfig {
     }
 }
 
-fn write_inputs(path: &std::path::Path, cfg: &MethodConfig, inp: &Inputs, kind: Kind) {
+/// The reference's dtype for a run in `kind` (float64, float32) or under CPU bf16 autocast.
+fn dtype_name(kind: Kind, amp: bool) -> &'static str {
+    match (kind, amp) {
+        (_, true) => AMP_MODE,
+        (Kind::Double, _) => "float64",
+        _ => "float32",
+    }
+}
+
+fn write_inputs(path: &std::path::Path, cfg: &MethodConfig, inp: &Inputs, dtype: &str) {
     let moco = build(cfg, BN_SPLITS, BATCH, Kind::Float);
     let meta = [
         ("arch", "resnet18".to_string()),
@@ -61,15 +71,7 @@ fn write_inputs(path: &std::path::Path, cfg: &MethodConfig, inp: &Inputs, kind: 
         ("symmetric", cfg.symmetric.to_string()),
         ("head_bn", cfg.projector.hidden_norm.to_string()),
         ("linear_head", (cfg.projector.layers == 1).to_string()),
-        (
-            "dtype",
-            if kind == Kind::Double {
-                "float64"
-            } else {
-                "float32"
-            }
-            .into(),
-        ),
+        ("dtype", dtype.into()),
     ];
     let mut map = inputs_map(moco.as_ref(), inp, &meta);
     for s in 0..STEPS {
@@ -86,6 +88,12 @@ fn write_inputs(path: &std::path::Path, cfg: &MethodConfig, inp: &Inputs, kind: 
 fn run(cfg: &MethodConfig, inp: &Inputs, kind: Kind) -> BTreeMap<String, Tensor> {
     let mut moco = build(cfg, BN_SPLITS, BATCH, kind);
     run_rust(moco.as_mut(), &optim(), inp, kind)
+}
+
+/// The same under CPU bf16 autocast (float32 variables).
+fn run_amp(cfg: &MethodConfig, inp: &Inputs) -> BTreeMap<String, Tensor> {
+    let mut moco = build(cfg, BN_SPLITS, BATCH, Kind::Float);
+    run_rust_under(moco.as_mut(), &optim(), inp, Kind::Float, CPU_BF16)
 }
 
 /// Tolerances, as a fraction of max(1, max|reference|) per tensor (absolute for the loss):
@@ -132,7 +140,7 @@ fn parity_of(cfg: MethodConfig, kind: Kind, steps: usize, mutants: Option<Faults
         dir.path().join("out.safetensors"),
     );
     let inp = inputs(STEPS, BATCH, SIZE, 0.03);
-    write_inputs(&inp_path, &cfg, &inp, kind);
+    write_inputs(&inp_path, &cfg, &inp, dtype_name(kind, false));
     run_script(
         "moco_reference.py",
         &[inp_path.to_str().unwrap(), out_path.to_str().unwrap()],
@@ -234,4 +242,40 @@ fn mocov1_steps_match_pytorch_in_f64() {
 #[test]
 fn moco_first_step_matches_pytorch_in_f32() {
     parity(false, Kind::Float, 1, false);
+}
+
+/// MoCo v2's first step under CPU bf16 autocast (`--amp bf16`) against the reference under
+/// `torch.autocast('cpu', torch.bfloat16)` with AMP's float32 loss: the loss, every gradient,
+/// the key encoder and the queue. The InfoNCE left to autocast (norms and logits in bf16) is
+/// caught.
+#[test]
+fn moco_first_step_under_cpu_bf16_autocast_matches_pytorch_amp() {
+    let cfg = config("mocov2", false, false);
+    let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (inp_path, out_path) = (dir.path().join("in"), dir.path().join("out"));
+    let inp = inputs(1, BATCH, SIZE, 0.03);
+    write_inputs(&inp_path, &cfg, &inp, dtype_name(Kind::Float, true));
+    run_script(
+        "moco_reference.py",
+        &[inp_path.to_str().unwrap(), out_path.to_str().unwrap()],
+    )
+    .unwrap();
+    let reference = read_reference(&out_path);
+    let checks = compare_amp(&run_amp(&cfg, &inp), &reference);
+    let summary = summarize(&checks);
+    eprintln!("mocov2 parity (CPU bf16 autocast, 1 step): {summary}");
+    assert!(checks.iter().all(|c| c.ok), "{summary}");
+    let _armed = plant(trainer::amp::LOSS_IN_HALF);
+    let checks = compare_amp(&run_amp(&cfg, &inp), &reference);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    eprintln!(
+        "  planted fault `loss in bf16`: {failed}/{} checks fail; {}",
+        checks.len(),
+        summarize(&checks)
+    );
+    assert!(
+        failed > 0,
+        "the comparison did not catch the loss left in bf16"
+    );
 }

@@ -60,10 +60,36 @@ fn int8_export_is_fused_by_onnx_runtime_and_stays_near_fp32() {
         split: Split::Train,
         format: None,
         images: 64,
+        calibration: exporter::quantize::Calibration::Auto,
+        max_drop: None,
     };
     let s = export_quantized(&load, ExportOptions::default(), Some(&q), &int8).unwrap();
     let summary = s.quantization.unwrap();
     assert_eq!((summary.conv_weights, summary.calibration_images), (20, 64));
+    // auto tried every range method on images held back from calibration and kept the best.
+    assert!(summary.held_back && summary.check_images > 0, "{summary:?}");
+    assert_eq!(summary.tried.len(), 3, "{summary:?}");
+    let best = summary
+        .tried
+        .iter()
+        .map(|t| t.top1_agreement.unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(summary.top1_agreement, Some(best), "{summary:?}");
+
+    // A bound the model misses: refused by name, and nothing written.
+    let refused = d.join("refused.onnx");
+    let strict = QuantizeOptions {
+        max_drop: Some(-1.0),
+        ..q.clone()
+    };
+    let e = export_quantized(&load, ExportOptions::default(), Some(&strict), &refused)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--max-drop") && e.contains("nothing written"),
+        "{e}"
+    );
+    assert!(!refused.exists(), "a refused int8 model was written");
     assert!(
         std::fs::metadata(&int8).unwrap().len() * 3 < std::fs::metadata(&fp32).unwrap().len(),
         "int8 weights are a quarter of fp32's"

@@ -50,12 +50,14 @@ int guarded(char* err, size_t len, F f) {
 extern "C" void* moco_dist_init(const char* host, int port, int rank, int world, int server,
                                 int timeout_ms, int nccl_device, char* err, size_t errlen) {
   Group* g = nullptr;
-  // c10d logs every connection retry with a C++ backtrace; moco-train reports failures itself in
-  // one line. TORCH_CPP_LOG_LEVEL still wins when set.
+  // The rendezvous logs every connection retry and its timeout as errors with a C++ backtrace,
+  // and moco-train reports a failed rendezvous itself in one line: c10's log is held back while
+  // the store connects, and only then (the process groups' and NCCL's warnings and errors of a
+  // run reach the user).
+  // TORCH_CPP_LOG_LEVEL still wins when set.
   const char* level = std::getenv("TORCH_CPP_LOG_LEVEL");
-  if (!level || !*level) {
-    FLAGS_caffe2_log_level = c10::GLOG_FATAL;
-  }
+  const bool quiet_rendezvous = !level || !*level;
+  const int before = FLAGS_caffe2_log_level;
   guarded(err, errlen, [&] {
     const auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
@@ -65,8 +67,18 @@ extern "C" void* moco_dist_init(const char* host, int port, int rank, int world,
     so.waitWorkers = true;
     so.timeout = timeout;
     // Our keys in a namespace of their own (torchrun's agent keeps its keys in the same store).
-    auto store = c10::make_intrusive<c10d::PrefixStore>(
-        "moco-rs", c10::make_intrusive<c10d::TCPStore>(std::string(host), so));
+    if (quiet_rendezvous) {
+      FLAGS_caffe2_log_level = c10::GLOG_FATAL;
+    }
+    c10::intrusive_ptr<c10d::Store> tcp;
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
+    } catch (...) {
+      FLAGS_caffe2_log_level = before;
+      throw;
+    }
+    FLAGS_caffe2_log_level = before;
+    auto store = c10::make_intrusive<c10d::PrefixStore>("moco-rs", tcp);
     if (nccl_device >= 0) {
 #ifdef USE_C10D_NCCL
       auto nopts = c10d::ProcessGroupNCCL::Options::create();

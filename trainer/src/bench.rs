@@ -53,7 +53,7 @@ pub fn run(a: &BenchDataConfig) -> Result<Value> {
         AugConfig::mocov2(96),
         device,
         (0, a.batch_size, 96),
-        RankShare::ONE,
+        (RankShare::ONE, a.batches as u64 + 1),
         (Kind::Float, false),
     );
     let mut t0 = Instant::now();

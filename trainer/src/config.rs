@@ -173,6 +173,29 @@ impl Compute {
         crate::threads::set(self.threads);
         models_tch::parse_device(&self.device).map_err(anyhow::Error::msg)
     }
+
+    /// Refuses `ranks` local processes (`--nproc`) that the GPUs cannot hold, before any starts:
+    /// rank r takes GPU r, so there must be a GPU per rank, and a single named GPU
+    /// (`--device cuda:N`) cannot serve several.
+    pub fn check_local_ranks(&self, ranks: usize) -> Result<()> {
+        let visible = tch::Cuda::device_count().max(0) as usize;
+        let cuda = match self.device.as_str() {
+            "cpu" => false,
+            "auto" => visible > 0,
+            "cuda" => true,
+            d => bail!("--device {d} --nproc {ranks}: a rank per GPU needs --device cuda (rank r takes GPU r)"),
+        };
+        if cuda && ranks > visible {
+            bail!(
+                "--nproc {ranks}: only {visible} CUDA device(s) visible{}; start at most \
+                 {visible} ranks on this machine",
+                std::env::var("CUDA_VISIBLE_DEVICES")
+                    .map(|v| format!(" (CUDA_VISIBLE_DEVICES={v})"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The kNN accuracy measured during pretraining.
@@ -205,6 +228,12 @@ pub struct RunSettings {
     pub tensorboard: Option<PathBuf>,
     /// The named recipe the numbers came from, if any (recorded, already applied).
     pub preset: Option<String>,
+    /// Write the freshly drawn state here and stop (`--save-init`).
+    #[serde(default)]
+    pub save_init: Option<PathBuf>,
+    /// float32 convolutions and matmuls on CUDA without TF32 (`--no-tf32`).
+    #[serde(default)]
+    pub no_tf32: bool,
 }
 
 /// Everything `pretrain` needs, every number decided.
@@ -222,8 +251,11 @@ pub struct PretrainConfig {
     pub augmentation: AugConfig,
     pub amp: Amp,
     pub seed: u64,
-    /// A CPU check mode: variables, views and loss in float64.
+    /// A check mode: variables, views and loss in float64 (CPU or CUDA, to compare the two).
     pub float64: bool,
+    /// Start from this state (`--save-init` file or checkpoint) instead of the seed's draw.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     pub knn: Option<KnnMonitorConfig>,
     pub run: RunSettings,
 }
@@ -242,9 +274,7 @@ impl PretrainConfig {
             );
         }
         if self.float64 && (self.amp != Amp::Off || self.knn.is_some()) {
-            bail!(
-                "--float64 is a CPU check mode: use it with --device cpu, --amp off and --no-knn"
-            );
+            bail!("--float64 is a check mode: use it with --amp off and --no-knn");
         }
         Ok(())
     }
@@ -268,6 +298,7 @@ impl PretrainConfig {
             amp: self.amp,
             seed: self.seed,
             float64: self.float64,
+            init: None,
         }
     }
 }
@@ -295,6 +326,9 @@ pub struct Algorithm {
     pub amp: Amp,
     pub seed: u64,
     pub float64: bool,
+    /// The checksum of the state the run started from (`--init-from`), when not its own draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 impl Algorithm {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use models::{Arch, EncoderFile, ResNetDesc};
 use models_tch::{load_into, ResNet};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ impl Backbone {
         // The error names the file already.
         let map = source.load().context("--encoder")?;
         let arch = ResNetDesc::detect_arch(&map, &file)?;
+        if let Some(expected) = source.arch.filter(|&a| a != arch) {
+            bail!("--arch {expected}: {file} holds a {arch} backbone");
+        }
         let desc = ResNetDesc::new(arch);
         let vs = VarStore::new(device);
         let net = ResNet::new(&vs.root(), &desc, 1);

@@ -100,6 +100,44 @@ pub(crate) fn max_diff_on_every_path(
         .collect()
 }
 
+/// oneDNN's `ONEDNN_MAX_CPU_ISA` values that keep its bf16 kernels (AVX512-BF16 and above).
+const ONEDNN_BF16_ISAS: &[&str] = &[
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "ALL",
+    "DEFAULT",
+];
+
+/// Why bf16 convolutions and matmuls would not run natively on this CPU (`None` when they do):
+/// no `avx512_bf16` or `amx_bf16` flag (x86-64) or `bf16` feature (Arm), or oneDNN held below
+/// them by `ONEDNN_MAX_CPU_ISA`. Without them oneDNN converts to float32 and back around every
+/// kernel, far slower than float32 alone.
+pub fn no_native_bf16() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let features: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    if !["avx512_bf16", "amx_bf16", "bf16"]
+        .iter()
+        .any(|f| features.contains(f))
+    {
+        return Some("this CPU has no native bf16 (no avx512_bf16, amx_bf16 or Arm bf16)".into());
+    }
+    match std::env::var("ONEDNN_MAX_CPU_ISA") {
+        Ok(v) if !ONEDNN_BF16_ISAS.contains(&v.to_uppercase().as_str()) => Some(format!(
+            "ONEDNN_MAX_CPU_ISA={v} holds oneDNN below its bf16 kernels"
+        )),
+        _ => None,
+    }
+}
+
 pub fn names(paths: &[IsaPath]) -> String {
     paths
         .iter()

@@ -1,33 +1,46 @@
 //! The contrastive losses of the pretraining methods, on embeddings: InfoNCE against a queue
 //! (MoCo v1/v2, and label-request's per-image score), InfoNCE against the batch's keys (MoCo v3),
-//! NT-Xent over 2N views (SimCLR).
+//! NT-Xent over 2N views (SimCLR). Under autocast every loss runs in float32 (PyTorch AMP's
+//! policy for norms, softmax, log-softmax, sums and means), on every device: see
+//! [`crate::amp::full_precision`].
 
 use tch::{Kind, Tensor};
 
+use crate::amp::{full_precision, to_full};
 use crate::faults::{planted, Fault};
 
 /// Planted fault: NT-Xent with each row's similarity to itself left among the negatives.
 pub const UNMASKED_SELF: Fault = "nt-xent unmasked self";
 
-/// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12).
+/// `F.normalize(x, dim=1)`: x / max(‖x‖, 1e-12), in float32 when `x` is a half type.
 pub fn normalize(x: &Tensor) -> Tensor {
-    let norm = x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
-    x / norm
+    full_precision(|| {
+        let x = to_full(x);
+        let norm = x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
+        x / norm
+    })
 }
 
 /// Mean cross entropy of `logits` `[N, C]` against class indices `labels` `[N]`, computed in the
-/// logits' own precision (tch's `cross_entropy_for_logits` computes the log-softmax in f32
-/// whatever the input).
+/// logits' own precision, float32 for a half type (tch's `cross_entropy_for_logits` computes the
+/// log-softmax in f32 whatever the input, float64 included).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
-    logits.log_softmax(-1, logits.kind()).nll_loss(labels)
+    full_precision(|| {
+        let logits = to_full(logits);
+        logits.log_softmax(-1, logits.kind()).nll_loss(labels)
+    })
 }
 
 /// MoCo's InfoNCE logits [q·k, q·negatives]/T `[N, 1 + K]`, the positive at index 0. `q`, `k`
 /// `[N, D]` and `negatives` `[D, K]` are l2-normalised; no gradient flows into the negatives.
 pub fn info_nce_logits(q: &Tensor, k: &Tensor, negatives: &Tensor, temperature: f64) -> Tensor {
-    let l_pos = (q * k).sum_dim_intlist(&[1i64][..], true, q.kind());
-    let l_neg = q.mm(&negatives.detach());
-    Tensor::cat(&[l_pos, l_neg], 1) / temperature
+    full_precision(|| {
+        let (q, k, negatives) = (to_full(q), to_full(k), to_full(negatives));
+        // einsum as the official code writes it: a row-wise sum rounds differently in float32.
+        let l_pos = Tensor::einsum("nc,nc->n", &[&q, &k], None::<i64>).unsqueeze(-1);
+        let l_neg = q.mm(&negatives.detach());
+        Tensor::cat(&[l_pos, l_neg], 1) / temperature
+    })
 }
 
 /// MoCo's InfoNCE: the mean cross entropy of [`info_nce_logits`] against index 0.
@@ -41,14 +54,20 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Ten
 /// `keys` `[N, D]` (both normalised here), query i's positive at `labels[i]`, scaled by 2T as the
 /// official code does.
 pub fn batch_info_nce(q: &Tensor, keys: &Tensor, labels: &Tensor, temperature: f64) -> Tensor {
-    let logits = normalize(q).mm(&normalize(keys).transpose(0, 1)) / temperature;
-    cross_entropy(&logits, labels) * (2.0 * temperature)
+    full_precision(|| {
+        let logits = normalize(q).mm(&normalize(keys).transpose(0, 1)) / temperature;
+        cross_entropy(&logits, labels) * (2.0 * temperature)
+    })
 }
 
 /// SimCLR's NT-Xent over `z` `[2N, D]` (views 1 then views 2): each row's positive is its other
 /// view, its negatives the other 2N − 2 rows; self-similarity is masked out. The mean over all
 /// 2N rows.
 pub fn nt_xent(z: &Tensor, temperature: f64) -> Tensor {
+    full_precision(|| nt_xent_full(z, temperature))
+}
+
+fn nt_xent_full(z: &Tensor, temperature: f64) -> Tensor {
     let z = normalize(z);
     let n2 = z.size()[0];
     let n = n2 / 2;

@@ -13,9 +13,7 @@ use trainer::cli::label_request::LabelRequestArgs;
 use trainer::cli::linear::LinearArgs;
 use trainer::cli::pretrain::PretrainArgs;
 use trainer::stop::StopFlag;
-use trainer::{
-    bench, feature_maps, isa, knn, label_request, linear, merge_labels, plot, preview, stop, train,
-};
+use trainer::{bench, feature_maps, isa, knn, label_request, linear, plot, preview, stop, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -148,6 +146,9 @@ enum Command {
     FeatureMaps(trainer::cli::feature_maps::FeatureMapsArgs),
     /// Loss, lr and kNN curves of a run as a PNG.
     Plot(PlotArgs),
+    /// Two runs of one algorithm held against each other (the same --init-from on two devices
+    /// or in two precisions): per-step loss and every final tensor; fails past the bound.
+    Compare(trainer::cli::compare::CompareArgs),
     /// Write the embedded default dataset: deterministic 96×96 shape classes (folder layout).
     Synth(SynthArgs),
     /// Encoder + classifier → one ONNX file (the same as `moco-export`).
@@ -155,6 +156,15 @@ enum Command {
     /// Two-view images/s of the training data path (decoded store + aug+), for benchmarks.
     #[command(hide = true)]
     BenchData(trainer::cli::bench::BenchDataArgs),
+    /// Shell completions: `moco-train completions bash > /etc/bash_completion.d/moco-train`
+    /// (or zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// One training step measured: images/s, host ms, ATen ops and host syncs per step, peak
+    /// memory (the flags of pretrain, plus --warmup/--timed).
+    BenchStep(Box<trainer::cli::bench::BenchStepArgs>),
     /// libtorch's build facts: version, CUDA devices, threads (for checking a machine).
     #[command(hide = true)]
     Info,
@@ -171,6 +181,11 @@ fn report(r: anyhow::Result<serde_json::Value>, json: bool) -> anyhow::Result<()
 
 fn main() -> ExitCode {
     atomic_io::report_file_size_limit_as_error();
+    if std::env::var_os("MOCO_HELP_MARKDOWN").is_some() {
+        // docs/cli.md, generated from these definitions (trainer/tests/cli_docs.rs checks it).
+        print!("{}", clap_markdown::help_markdown::<Cli>());
+        return ExitCode::SUCCESS;
+    }
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = isa::IsaPath::from_env().and_then(|_| dispatch(cli.command));
@@ -191,7 +206,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Pretrain(a) if a.nproc > 1 => {
             // Refused here once, rather than by each rank.
-            a.to_config()?.validate(a.nproc)?;
+            let cfg = a.to_config()?;
+            cfg.validate(a.nproc)?;
+            cfg.run.compute.check_local_ranks(a.nproc)?;
             train::launch::launch_local(a.nproc)
         }
         Command::Pretrain(a) => report(
@@ -206,18 +223,33 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             a.json,
         ),
         Command::BenchData(a) => report(a.to_config().and_then(|c| bench::run(&c)), a.json),
+        Command::BenchStep(a) => report(
+            a.to_config().and_then(|c| train::bench_step::run(&c)),
+            a.pretrain.json,
+        ),
         Command::FeatureMaps(a) => {
             report(a.to_config().and_then(|c| feature_maps::run(&c)), a.json)
         }
         Command::Knn(a) => report(a.to_config().and_then(|c| knn::run(&c)), a.json),
         Command::LabelRequest(a) => report(label_request::run(&a.to_config()), a.json),
-        Command::MergeLabels(a) => {
-            report(a.to_config().and_then(|c| merge_labels::run(&c)), a.json)
-        }
+        Command::MergeLabels(a) => report(
+            a.to_config().and_then(|c| datasets::merge_labels::run(&c)),
+            a.json,
+        ),
         Command::PreviewAugment(a) => report(a.to_config().and_then(|c| preview::run(&c)), a.json),
         Command::Plot(a) => report(plot_runs(&a), a.json),
+        Command::Compare(a) => report(trainer::compare::run(&a.to_config()), a.json),
         Command::Synth(args) => args.run(),
         Command::Export(args) => args.run_and_report().map_err(anyhow::Error::from),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "moco-train",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Info => {
             println!(
                 "{}",

@@ -5,6 +5,7 @@
 
 use std::f64::consts::PI;
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -53,84 +54,106 @@ impl Optimizer {
         }
     }
 
+    /// The momentum buffers that exist, by their parameter's name.
+    pub fn named_buffers(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.params
+            .iter()
+            .zip(&self.buffers)
+            .filter_map(|((n, _), b)| b.as_ref().map(|b| (n.as_str(), b)))
+    }
+
     /// `torch.optim.SGD`.
     pub fn sgd(params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64) -> Self {
         Self::new(OptimizerKind::Sgd, params, momentum, weight_decay)
     }
 
+    /// Every gradient dropped (`set_to_none`): no kernel, and backward then hands each parameter
+    /// its gradient instead of adding it to zeros.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
+        crate::foreach::grads_to_none(self.params.iter().map(|(_, p)| p));
     }
 
     /// One step at `lr`. SGD: d = g + wd·p; buf = m·buf + d (buf = d at first); p −= lr·buf.
     /// LARS: for tensors of rank > 1, d = (g + wd·p)·q with q = η‖p‖/‖g + wd·p‖ (1 where either
     /// norm is 0), d = g otherwise; then the same momentum and update (MoCo v3's zero-initialised
-    /// buffer gives buf = d at the first step too).
-    pub fn step(&mut self, lr: f64) {
+    /// buffer gives buf = d at the first step too). Every tensor at once (`crate::foreach`): SGD
+    /// is one fused kernel, LARS a dozen ops, whatever the number of parameters.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter().zip(self.buffers.iter_mut()) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let d = match self.kind {
-                    OptimizerKind::Sgd => decayed(g, p, self.weight_decay),
-                    OptimizerKind::Lars if p.dim() > 1 || planted(LARS_ON_VECTORS) => {
-                        trust_scaled(decayed(g, p, self.weight_decay), p)
-                    }
-                    OptimizerKind::Lars => g,
-                };
-                let b = match buf.take() {
-                    None => d.detach().copy(),
-                    Some(mut b) if self.momentum != 0.0 => {
-                        let _ = b.g_mul_scalar_(self.momentum);
-                        let _ = b.g_add_(&d);
-                        b
-                    }
-                    Some(_) => d,
-                };
-                let _ = p.shallow_clone().g_add_(&(&b * -lr));
-                *buf = Some(b);
-            }
-        });
-    }
-
-    /// Multiplies every gradient by `f` and says whether all of them are finite.
-    pub fn scale_grads(&mut self, f: f64) -> bool {
-        tch::no_grad(|| {
-            let mut finite = true;
-            for (_, p) in &self.params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(f);
-                    finite &= bool::try_from(g.isfinite().all()).unwrap_or(false);
+            let with_grad: Vec<usize> = (0..self.params.len())
+                .filter(|&i| self.params[i].1.grad().defined())
+                .collect();
+            // Parameters whose buffer exists already, and those at their first step.
+            let (later, first): (Vec<usize>, Vec<usize>) = with_grad
+                .into_iter()
+                .partition(|&i| self.buffers[i].is_some() && self.momentum != 0.0);
+            for (idx, is_first) in [(later, false), (first, true)] {
+                if !idx.is_empty() {
+                    self.step_group(&idx, lr, is_first)?;
                 }
             }
-            finite
+            Ok(())
         })
     }
-}
 
-/// g + wd·p (g itself without weight decay, as PyTorch skips the add).
-fn decayed(g: Tensor, p: &Tensor, weight_decay: f64) -> Tensor {
-    if weight_decay != 0.0 {
-        g + p * weight_decay
-    } else {
-        g
+    /// The step of the parameters `idx`, all at their first step or none.
+    fn step_group(&mut self, idx: &[usize], lr: f64, first: bool) -> Result<()> {
+        let params: Vec<Tensor> = idx
+            .iter()
+            .map(|&i| self.params[i].1.shallow_clone())
+            .collect();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        if first {
+            for (&i, p) in idx.iter().zip(&params) {
+                self.buffers[i] = Some(p.empty_like());
+            }
+        }
+        let bufs: Vec<Tensor> = idx
+            .iter()
+            .map(|&i| self.buffers[i].as_ref().expect("allocated").shallow_clone())
+            .collect();
+        let momentum = self.momentum;
+        match self.kind {
+            OptimizerKind::Sgd => crate::foreach::fused_sgd(
+                (&params, &grads, &bufs),
+                lr,
+                momentum,
+                self.weight_decay,
+                first || self.momentum == 0.0,
+            ),
+            OptimizerKind::Lars => {
+                let lars_all = planted(LARS_ON_VECTORS);
+                let scaled: Vec<bool> = params.iter().map(|p| lars_all || p.dim() > 1).collect();
+                crate::foreach::lars_step(
+                    (&params, &grads, &bufs),
+                    &scaled,
+                    (lr, momentum, self.weight_decay, LARS_TRUST),
+                    first || self.momentum == 0.0,
+                )
+            }
+        }
     }
-}
 
-/// MoCo v3's `torch.where(‖p‖ > 0, torch.where(‖d‖ > 0, η‖p‖/‖d‖, 1), 1)·d`.
-fn trust_scaled(d: Tensor, p: &Tensor) -> Tensor {
-    let (pn, dn) = (p.norm(), d.norm());
-    let one = pn.ones_like();
-    // tch's `a.where_self(cond, b)` is `torch.where(cond, a, b)`.
-    let ratio = (&pn * LARS_TRUST / &dn)
-        .where_self(&dn.gt(0.0), &one)
-        .where_self(&pn.gt(0.0), &one);
-    d * ratio
+    /// The gradients' `found_inf` check and unscaling by `1/scale` in one kernel (fp16's loss
+    /// scaler); the one host read of the step says whether to take it.
+    pub fn unscale_grads(&mut self, scale: f64) -> Result<bool> {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(Tensor::defined)
+                .collect();
+            let Some(first) = grads.first() else {
+                return Ok(true);
+            };
+            let opts = (tch::Kind::Float, first.device());
+            let mut found_inf = Tensor::zeros([1], opts);
+            let mut inv_scale = Tensor::full([1], 1.0 / scale, opts);
+            crate::foreach::unscale_grads(&grads, &mut found_inf, &mut inv_scale)?;
+            Ok(crate::counters::scalar(&found_inf) == 0.0)
+        })
+    }
 }
 
 /// lr(step) = base · batch/256 · warmup · ½(1 + cos(π·step/total)), stepped per iteration.
@@ -226,8 +249,8 @@ impl Default for LossScaler {
 
 impl LossScaler {
     /// After backward of `loss · scale`: unscales and returns whether the step should be taken.
-    pub fn unscale_and_check(&mut self, opt: &mut Optimizer) -> bool {
-        let finite = opt.scale_grads(1.0 / self.scale);
+    pub fn unscale_and_check(&mut self, opt: &mut Optimizer) -> Result<bool> {
+        let finite = opt.unscale_grads(self.scale)?;
         if finite {
             self.good_steps += 1;
             if self.good_steps >= self.growth_interval {
@@ -238,7 +261,7 @@ impl LossScaler {
             self.scale = (self.scale * 0.5).max(1.0);
             self.good_steps = 0;
         }
-        finite
+        Ok(finite)
     }
 }
 
@@ -290,7 +313,7 @@ mod tests {
             0.5,
         );
         (w.sum(Kind::Double) * 2.0 + b.sum(Kind::Double) * 2.0).backward();
-        opt.step(1.0);
+        opt.step(1.0).unwrap();
         // d = g + wd·w = (2 + 1.5, 2 + 2) = (3.5, 4); ‖w‖ = 5, ‖d‖ = √28.25.
         let q = LARS_TRUST * 5.0 / 28.25f64.sqrt();
         let got = Vec::<f64>::try_from(w.detach().flatten(0, -1)).unwrap();
@@ -308,12 +331,12 @@ mod tests {
             ..Default::default()
         };
         (&p * f64::INFINITY).sum(Kind::Float).backward();
-        assert!(!sc.unscale_and_check(&mut opt));
+        assert!(!sc.unscale_and_check(&mut opt).unwrap());
         assert_eq!(sc.scale, 32768.0);
         for _ in 0..2 {
             opt.zero_grad();
             (&p * sc.scale).sum(Kind::Float).backward();
-            assert!(sc.unscale_and_check(&mut opt));
+            assert!(sc.unscale_and_check(&mut opt).unwrap());
         }
         assert_eq!(sc.scale, 65536.0);
         assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![1.0, 1.0]);

@@ -13,7 +13,7 @@ use crate::config::Recipe;
 pub enum Preset {
     /// Thousands to tens of thousands of images on a CPU or one small GPU (imagenette-sized),
     /// MoCo v2: views of 64 px, the projector with BatchNorm (`--head-bn`), base lr 0.24, 32
-    /// images per BatchNorm group, queue 4096. Measured in docs/benchmarks.md ("the drift trap").
+    /// images per BatchNorm group, queue 4096. Measured in docs/benchmarks.md ("Learning on real photos").
     SmallData,
 }
 

@@ -558,6 +558,23 @@ fn knn_and_linear_refuse_unlabeled_data_and_bad_flags() {
             bad.file_name().unwrap().to_str().unwrap(),
         );
     }
+    // A resnet50 file where the user said resnet18: named, not evaluated as the other net.
+    let r50 = tmp.path().join("r50.safetensors");
+    models::random_weights::random_backbone(&models::ResNetDesc::new(models::Arch::Resnet50), 0)
+        .save(&r50)
+        .unwrap();
+    fails_with(
+        &[
+            "knn",
+            "--encoder",
+            r50.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--data",
+            &d,
+        ],
+        "--arch resnet18: ",
+    );
 }
 
 #[test]

@@ -3,16 +3,22 @@
 //!
 //! - weights: per output channel, symmetric int8 (zero point 0), behind DequantizeLinear;
 //!   biases int32 at scale input_scale · weight_scale, as ONNX Runtime's quantizer writes them;
-//! - activations: per tensor, uint8, from the min and max each reaches on calibration images
-//!   (the eval transform of N training images), range widened to hold 0 — the inputs of every
-//!   Conv, Add, MaxPool and GlobalAveragePool and the pooled output, each behind a
-//!   QuantizeLinear → DequantizeLinear pair; a ReLU output's range starts at 0, so its zero
-//!   point is 0 and the runtime folds the ReLU into the quantization;
+//! - activations: per tensor, uint8, over a range chosen from each tensor's histogram on the
+//!   calibration images (the eval transform of N training images; [`ranges`]: min/max, a
+//!   percentile, or the least squared error), widened to hold 0 — the inputs of every Conv,
+//!   Add, MaxPool and GlobalAveragePool and the pooled output, each behind a QuantizeLinear →
+//!   DequantizeLinear pair; a ReLU output's range starts at 0, so its zero point is 0 and the
+//!   runtime folds the ReLU into the quantization;
 //! - MaxPool's output shares its input's scale and zero point, so it runs on uint8 as is;
 //! - normalisation and the classifier (one small Gemm) stay in float.
+//!
+//! The int8 model is then run beside the fp32 one on images held back from calibration; `auto`
+//! keeps the range method whose model agrees best, and `max_drop` refuses a model that
+//! disagrees too often.
 
 mod calibrate;
 mod qdq;
+pub mod ranges;
 
 use std::path::PathBuf;
 
@@ -22,8 +28,33 @@ use models::Preprocess;
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
 use crate::error::ExportError;
+pub use ranges::RangeMethod;
 
-/// `--quantize int8`: where the calibration images come from.
+/// How the activation ranges are chosen (`--calibration`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// Each range method tried; the one whose model agrees best with fp32 on held-back images
+    /// kept.
+    Auto,
+    #[value(name = "minmax")]
+    MinMax,
+    Percentile,
+    Mse,
+}
+
+impl Calibration {
+    /// The range methods to try.
+    fn methods(self) -> Vec<RangeMethod> {
+        match self {
+            Calibration::Auto => RangeMethod::ALL.to_vec(),
+            Calibration::MinMax => vec![RangeMethod::MinMax],
+            Calibration::Percentile => vec![RangeMethod::Percentile],
+            Calibration::Mse => vec![RangeMethod::Mse],
+        }
+    }
+}
+
+/// `--quantize int8`: where the calibration images come from and what the result must hold.
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
     pub data: PathBuf,
@@ -31,6 +62,10 @@ pub struct QuantizeOptions {
     pub format: Option<Format>,
     /// How many images, spread evenly over the split.
     pub images: usize,
+    pub calibration: Calibration,
+    /// Refuse a model whose top-1 differs from fp32's on more than this many percent of the
+    /// check images.
+    pub max_drop: Option<f64>,
 }
 
 /// What the rewrite did, for the summary and the model's metadata.
@@ -39,10 +74,194 @@ pub struct QuantSummary {
     pub activations: usize,
     pub conv_weights: usize,
     pub calibration_images: usize,
+    /// The range method of the written model.
+    pub calibration: RangeMethod,
+    /// Images the int8 model was checked on, and whether they were held back from calibration.
+    pub check_images: usize,
+    pub held_back: bool,
+    /// Share of the check images whose top-1 class is fp32's (None without a classifier).
+    pub top1_agreement: Option<f64>,
+    /// Mean cosine similarity of the int8 and fp32 outputs on the check images.
+    pub output_cosine: f64,
+    /// Every method tried, with its agreement and cosine.
+    pub tried: Vec<Tried>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tried {
+    pub calibration: RangeMethod,
+    pub top1_agreement: Option<f64>,
+    pub output_cosine: f64,
+}
+
+/// The int8 model's outputs against fp32's on the same images.
+fn agreement(int8: &[Vec<f32>], fp32: &[Vec<f32>], logits: bool) -> (Option<f64>, f64) {
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let n = fp32.len().max(1) as f64;
+    let same = int8
+        .iter()
+        .zip(fp32)
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    let cosine = int8
+        .iter()
+        .zip(fp32)
+        .map(|(a, b)| {
+            let dot: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64) * (*y as f64))
+                .sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
+        })
+        .sum::<f64>()
+        / n;
+    (logits.then_some(same as f64 / n), cosine)
+}
+
+/// `model` rewritten with the ranges `method` chooses from `hists`.
+fn quantized(
+    model: &ModelProto,
+    names: &[String],
+    hists: &[ranges::Histogram],
+    method: RangeMethod,
+) -> (ModelProto, usize, usize) {
+    let ranges: Vec<(f32, f32)> = hists.iter().map(|h| h.range(method)).collect();
+    let params = qdq::activation_params(model, names, &ranges);
+    let activations = params.len();
+    let mut m = model.clone();
+    let convs = qdq::rewrite(m.graph.as_mut().expect("a built model"), params);
+    (m, activations, convs)
+}
+
+/// The fp32 model's output the int8 one is held to: `logits` (compared by top-1 and cosine),
+/// else its first output (by cosine).
+struct Reference {
+    output: String,
+    logits: bool,
+    values: Vec<Vec<f32>>,
+}
+
+impl Reference {
+    fn of(model: &ModelProto, check: &[f32], crop: usize) -> Result<Self, ExportError> {
+        let g = model.graph.as_ref().expect("a built model");
+        let logits = g.output.iter().any(|o| o.name == "logits");
+        let output = if logits {
+            "logits"
+        } else {
+            g.output[0].name.as_str()
+        }
+        .to_string();
+        let values = calibrate::outputs(model, &output, check, crop)?;
+        Ok(Reference {
+            output,
+            logits,
+            values,
+        })
+    }
+
+    fn compare(
+        &self,
+        int8: &ModelProto,
+        check: &[f32],
+        crop: usize,
+    ) -> Result<(Option<f64>, f64), ExportError> {
+        let out = calibrate::outputs(int8, &self.output, check, crop)?;
+        Ok(agreement(&out, &self.values, self.logits))
+    }
+}
+
+/// A quantized model and what it was measured to be.
+struct Candidate {
+    model: ModelProto,
+    activations: usize,
+    conv_weights: usize,
+    tried: Tried,
+}
+
+/// Each of `methods` applied and compared with fp32 on the check images; the one that agrees best
+/// (top-1, then cosine), and the record of all.
+fn best_of(
+    methods: &[RangeMethod],
+    model: &ModelProto,
+    names: &[String],
+    hists: &[ranges::Histogram],
+    reference: &Reference,
+    check: &[f32],
+    crop: usize,
+) -> Result<(Candidate, Vec<Tried>), ExportError> {
+    let score = |t: &Tried| (t.top1_agreement.unwrap_or(1.0), t.output_cosine);
+    let mut all = Vec::new();
+    let mut best: Option<Candidate> = None;
+    for &method in methods {
+        let (m, activations, conv_weights) = quantized(model, names, hists, method);
+        let (top1, cosine) = reference.compare(&m, check, crop)?;
+        let tried = Tried {
+            calibration: method,
+            top1_agreement: top1,
+            output_cosine: cosine,
+        };
+        all.push(tried.clone());
+        if best
+            .as_ref()
+            .is_none_or(|b| score(&tried) > score(&b.tried))
+        {
+            best = Some(Candidate {
+                model: m,
+                activations,
+                conv_weights,
+                tried,
+            });
+        }
+    }
+    Ok((best.expect("at least one method"), all))
+}
+
+/// `--max-drop`: an error when the chosen model's top-1 differs from fp32's too often.
+fn check_max_drop(q: &QuantizeOptions, s: &QuantSummary) -> Result<(), ExportError> {
+    let (Some(max), Some(top1)) = (q.max_drop, s.top1_agreement) else {
+        return Ok(());
+    };
+    let differ = 100.0 * (1.0 - top1);
+    if differ <= max {
+        return Ok(());
+    }
+    Err(ExportError::Flag(format!(
+        "--max-drop {max}: the int8 model's top-1 differs from fp32's on {differ:.2} % of {} {} \
+         images (best calibration: {}); nothing written",
+        s.check_images,
+        if s.held_back {
+            "held-back"
+        } else {
+            "calibration"
+        },
+        s.calibration.name()
+    )))
+}
+
+/// The `moco.quantization` metadata entry.
+fn record(q: &QuantizeOptions, s: &QuantSummary) -> StringStringEntryProto {
+    let value = serde_json::json!({
+        "scheme": "int8 QDQ: weights per output channel, symmetric int8; activations per \
+                   tensor, uint8",
+        "calibration": s.calibration,
+        "calibration_data": q.data.display().to_string(),
+        "calibration_split": q.split.name(),
+        "calibration_images": s.calibration_images,
+        "check_images": s.check_images,
+        "held_back": s.held_back,
+        "top1_agreement": s.top1_agreement,
+        "tried": s.tried,
+    });
+    StringStringEntryProto {
+        key: META_QUANTIZATION.into(),
+        value: value.to_string(),
+    }
 }
 
 /// Rewrites `model` (fp32, BN folded, built with `pre`) in QDQ form, calibrated on `q`'s
-/// images, and records how in its metadata.
+/// images, checked against fp32, and records how in its metadata.
 pub fn quantize_model(
     model: &mut ModelProto,
     q: &QuantizeOptions,
@@ -50,26 +269,33 @@ pub fn quantize_model(
 ) -> Result<QuantSummary, ExportError> {
     let images = calibrate::images(q, pre)?;
     let crop = pre.crop as usize;
-    let n = images.len() / (3 * crop * crop);
+    let per_image = 3 * crop * crop;
     let names = calibrate::quantized_tensors(model.graph.as_ref().expect("a built model"));
-    let ranges = calibrate::ranges(model, &names, &images, crop)?;
-    let params = qdq::activation_params(model, &names, &ranges);
-    let activations = params.len();
-    let conv_weights = qdq::rewrite(model.graph.as_mut().expect("a built model"), params);
-    let record = serde_json::json!({
-        "scheme": "int8 QDQ: weights per output channel, symmetric int8; activations per \
-                   tensor, uint8, calibration min/max",
-        "calibration_data": q.data.display().to_string(),
-        "calibration_split": q.split.name(),
-        "calibration_images": n,
-    });
-    model.metadata_props.push(StringStringEntryProto {
-        key: META_QUANTIZATION.into(),
-        value: record.to_string(),
-    });
-    Ok(QuantSummary {
-        activations,
-        conv_weights,
-        calibration_images: n,
-    })
+    let hists = calibrate::histograms(model, &names, &images.calibrate, crop)?;
+    let reference = Reference::of(model, &images.check, crop)?;
+    let methods = q.calibration.methods();
+    let (chosen, tried) = best_of(
+        &methods,
+        model,
+        &names,
+        &hists,
+        &reference,
+        &images.check,
+        crop,
+    )?;
+    let summary = QuantSummary {
+        activations: chosen.activations,
+        conv_weights: chosen.conv_weights,
+        calibration_images: images.calibrate.len() / per_image,
+        calibration: chosen.tried.calibration,
+        check_images: images.check.len() / per_image,
+        held_back: images.held_back,
+        top1_agreement: chosen.tried.top1_agreement,
+        output_cosine: chosen.tried.output_cosine,
+        tried,
+    };
+    check_max_drop(q, &summary)?;
+    *model = chosen.model;
+    model.metadata_props.push(record(q, &summary));
+    Ok(summary)
 }

@@ -71,7 +71,8 @@ impl OrtBackend {
             if !<ep::CUDA as ExecutionProvider>::is_available().unwrap_or(false) {
                 return Err(InferError::Runtime(
                     "--device cuda: this ONNX Runtime has no CUDAExecutionProvider (the CPU wheel \
-                     `onnxruntime`; use onnxruntime-gpu's library via ORT_DYLIB_PATH)"
+                     `onnxruntime`): `GPU=1 make setup` installs onnxruntime-gpu, or point \
+                     ORT_DYLIB_PATH at its library"
                         .into(),
                 ));
             }

@@ -8,6 +8,7 @@
 //! with the global's name, so a crafted file cannot run code or allocate without bound.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// A storage's element type, from its pickled class (`torch.FloatStorage`, …).
@@ -99,6 +100,43 @@ pub enum Value {
     Mark,
 }
 
+/// Values are dropped with a work list, not by recursion: a crafted pickle can nest lists a
+/// million deep (append each new list into the previous one through the memo) within the item
+/// bound, and a recursive drop of that overflows the thread's stack. A list or dict still shared
+/// elsewhere (or in a cycle) keeps its items.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        take_children(self, &mut work);
+        while let Some(mut v) = work.pop() {
+            take_children(&mut v, &mut work);
+        }
+    }
+}
+
+fn take_children(v: &mut Value, work: &mut Vec<Value>) {
+    match v {
+        Value::Tuple(items) => work.append(items),
+        Value::List(l) if Rc::strong_count(l) == 1 => work.append(&mut l.borrow_mut()),
+        Value::Dict(d) if Rc::strong_count(d) == 1 => {
+            for (k, v) in d.borrow_mut().drain(..) {
+                work.push(k);
+                work.push(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How deeply tuples nest in `v` (lists and dicts are shared, not copied, so they end the count):
+/// `Clone` copies tuples by recursion, so their nesting is bounded where they are built.
+fn tuple_depth(v: &Value) -> usize {
+    match v {
+        Value::Tuple(items) => 1 + items.iter().map(tuple_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -160,6 +198,14 @@ const ALLOWED_GLOBALS: [&str; 13] = [
 const MAX_MEMO: usize = 1 << 20;
 const MAX_STACK: usize = 1 << 16;
 const MAX_ITEMS: usize = 1 << 24;
+/// Tuples inside tuples: `torch.save` writes at most a handful (a tensor's arguments).
+pub const MAX_TUPLE_DEPTH: usize = 64;
+/// Tensors in one file: a resnet50 checkpoint with its optimizer state has about 1,000.
+pub const MAX_TENSORS: usize = 1 << 20;
+/// Values visited, over the whole pickle, by the checks that an insertion makes no cycle: a
+/// state_dict's are a few times its items; a pickle that inserts one large list many times
+/// would otherwise cost items × list length.
+pub const MAX_CYCLE_WALK: usize = 1 << 26;
 
 struct Machine<'a> {
     code: &'a [u8],
@@ -167,6 +213,66 @@ struct Machine<'a> {
     stack: Vec<Value>,
     memo: Vec<Option<Value>>,
     items: usize,
+    tensors: usize,
+    walked: usize,
+}
+
+/// The list or dict cell a value is, as an address (None for anything else).
+fn cell(v: &Value) -> Option<*const ()> {
+    match v {
+        Value::List(l) => Some(Rc::as_ptr(l) as *const ()),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const ()),
+        _ => None,
+    }
+}
+
+/// Whether the container at `target` is reachable from `v`: inserting `v` into it would make a
+/// cycle, which reference counting never frees (a crafted pickle can put a dict into itself
+/// through the memo). Each value visited counts against `walked`.
+fn reaches(v: &Value, target: *const (), walked: &mut usize) -> Result<bool, String> {
+    let mut seen = HashSet::new();
+    let mut containers = Vec::new();
+    // Values outside any container's borrow: `v` itself, and the items of each container as it
+    // is opened (tuples are walked where they are, their containers queued).
+    let mut visit = |v: &Value, containers: &mut Vec<Value>, walked: &mut usize| {
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            *walked += 1;
+            match v {
+                Value::Tuple(items) => stack.extend(items),
+                Value::List(_) | Value::Dict(_) => {
+                    let c = cell(v).expect("a container");
+                    if c == target {
+                        return true;
+                    }
+                    if seen.insert(c) {
+                        containers.push(v.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    };
+    if visit(v, &mut containers, walked) {
+        return Ok(true);
+    }
+    while let Some(c) = containers.pop() {
+        if *walked > MAX_CYCLE_WALK {
+            return Err("a pickle whose containers are shared too widely to check".into());
+        }
+        let found = match &c {
+            Value::List(l) => l.borrow().iter().any(|i| visit(i, &mut containers, walked)),
+            Value::Dict(d) => d.borrow().iter().any(|(k, i)| {
+                visit(k, &mut containers, walked) || visit(i, &mut containers, walked)
+            }),
+            _ => false,
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl<'a> Machine<'a> {
@@ -273,11 +379,33 @@ impl<'a> Machine<'a> {
             return Err("pickle stack underflow".into());
         }
         let items = self.stack.split_off(self.stack.len() - n);
-        self.push(Value::Tuple(items))
+        self.push_tuple(items)
+    }
+
+    /// Items about to go into the container on top of the stack may not lead back to it.
+    fn refuse_cycles(&mut self, items: &[Value]) -> Result<(), String> {
+        let Some(target) = cell(self.top()?) else {
+            return Ok(());
+        };
+        for item in items {
+            if reaches(item, target, &mut self.walked)? {
+                return Err("a list or dict that contains itself".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn push_tuple(&mut self, items: Vec<Value>) -> Result<(), String> {
+        let t = Value::Tuple(items);
+        if tuple_depth(&t) > MAX_TUPLE_DEPTH {
+            return Err(format!("tuples nested deeper than {MAX_TUPLE_DEPTH}"));
+        }
+        self.push(t)
     }
 
     fn append(&mut self, items: Vec<Value>) -> Result<(), String> {
         self.count(items.len())?;
+        self.refuse_cycles(&items)?;
         match self.top()? {
             Value::List(l) => l.borrow_mut().extend(items),
             other => return Err(format!("APPEND to a {}", other.kind())),
@@ -290,6 +418,7 @@ impl<'a> Machine<'a> {
             return Err("SETITEMS with an odd number of items".into());
         }
         self.count(items.len() / 2)?;
+        self.refuse_cycles(&items)?;
         let Value::Dict(d) = self.top()? else {
             return Err(format!("SETITEM on a {}", self.top()?.kind()));
         };
@@ -388,7 +517,7 @@ impl<'a> Machine<'a> {
             b')' => self.push(Value::Tuple(vec![]))?,
             b't' => {
                 let items = self.pop_mark()?;
-                self.push(Value::Tuple(items))?;
+                self.push_tuple(items)?;
             }
             0x85..=0x87 => self.tuple((op - 0x84) as usize)?,
             b']' => self.push(Value::List(Rc::default()))?,
@@ -444,19 +573,26 @@ impl<'a> Machine<'a> {
             0x93 => {
                 let name = self.pop()?;
                 let module = self.pop()?;
-                match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
+                match (&module, &name) {
+                    (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                     _ => return Err("STACK_GLOBAL of non-strings".into()),
                 }
             }
             b'Q' => {
                 let pid = self.pop()?;
-                self.push(persistent_load(pid)?)?;
+                self.push(persistent_load(&pid)?)?;
             }
             b'R' => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
-                self.push(reduce(callable, args)?)?;
+                let v = reduce(&callable, &args)?;
+                if matches!(v, Value::Tensor(_)) {
+                    self.tensors += 1;
+                    if self.tensors > MAX_TENSORS {
+                        return Err(format!("more than {MAX_TENSORS} tensors"));
+                    }
+                }
+                self.push(v)?;
             }
             b'b' => self.build()?,
             other => return Err(format!("refusing pickle opcode 0x{other:02x}")),
@@ -479,7 +615,7 @@ fn long1(b: &[u8]) -> Result<i64, String> {
     Ok(i64::from_le_bytes(buf))
 }
 
-fn persistent_load(pid: Value) -> Result<Value, String> {
+fn persistent_load(pid: &Value) -> Result<Value, String> {
     let Value::Tuple(t) = pid else {
         return Err("unexpected persistent id".into());
     };
@@ -511,14 +647,14 @@ fn dims(v: &Value) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn reduce(callable: Value, args: Value) -> Result<Value, String> {
+fn reduce(callable: &Value, args: &Value) -> Result<Value, String> {
     let Value::Global(name) = callable else {
         return Err(format!("refusing REDUCE of a {}", callable.kind()));
     };
     let Value::Tuple(args) = args else {
         return Err("REDUCE arguments are not a tuple".into());
     };
-    match (name, args.as_slice()) {
+    match (*name, args.as_slice()) {
         ("collections.OrderedDict", []) => Ok(Value::Dict(Rc::default())),
         (
             "torch._utils._rebuild_tensor_v2",
@@ -549,11 +685,88 @@ pub fn evaluate(code: &[u8]) -> Result<Value, String> {
         stack: vec![],
         memo: vec![],
         items: 0,
+        tensors: 0,
+        walked: 0,
     };
     loop {
         let op = m.byte()?;
         if let Some(v) = m.step(op)? {
             return Ok(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `((((...))))` 100 deep: a derived `Clone` of it recurses that far, so it is refused.
+    #[test]
+    fn deeply_nested_tuples_are_refused() {
+        let mut code = vec![0x80, 2, b')'];
+        code.extend(std::iter::repeat_n(0x85, 100)); // TUPLE1: wrap the top in a 1-tuple
+        code.push(b'.');
+        let err = evaluate(&code).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
+        let mut ok = vec![0x80, 2, b')'];
+        ok.extend(std::iter::repeat_n(0x85, MAX_TUPLE_DEPTH - 1));
+        ok.push(b'.');
+        assert!(evaluate(&ok).is_ok());
+    }
+
+    /// A million lists, each appended into the one before through the memo (7 bytes a level):
+    /// evaluated and dropped without recursion (a recursive drop overflows a test thread's stack).
+    #[test]
+    fn a_million_nested_lists_drop_without_recursion() {
+        // The outermost list in memo 0; then a level: EMPTY_LIST, BINPUT 1, APPEND (into the list
+        // below), POP, BINGET 1 (the new list alone on the stack).
+        let mut code = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..1_000_000 {
+            code.extend([b']', b'q', 1, b'a', b'0', b'h', 1]);
+        }
+        code.extend([b'0', b'h', 0, b'.']); // the outermost is the result
+        let v = evaluate(&code).unwrap();
+        assert!(matches!(v, Value::List(_)));
+        drop(v);
+    }
+
+    /// Found by fuzzing: a dict set into itself through the memo leaked (a reference cycle).
+    #[test]
+    fn a_container_inside_itself_is_refused() {
+        // A list appended to itself: EMPTY_LIST, BINPUT 0, BINGET 0, APPEND.
+        let err = evaluate(&[0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.']).unwrap_err();
+        assert!(err.contains("contains itself"), "{err}");
+        // A dict whose value is a tuple holding a list that holds the dict.
+        let code = [
+            0x80, 2, b'}', b'q', 0, // the dict, memo 0
+            b'X', 1, 0, 0, 0, b'k', // key "k"
+            b']', b'h', 0, b'a', // [dict]
+            0x85, // (that list,)
+            b's', b'.',
+        ];
+        let err = evaluate(&code).unwrap_err();
+        assert!(err.contains("contains itself"), "{err}");
+        // One list in two places is sharing, not a cycle.
+        // An outer list, an inner one (memo 0, popped), then the inner appended twice.
+        let shared = [
+            0x80, 2, b']', b']', b'q', 0, b'0', b'(', b'h', 0, b'h', 0, b'e', b'.',
+        ];
+        assert!(evaluate(&shared).is_ok());
+    }
+
+    #[test]
+    fn more_tensors_than_the_bound_are_refused() {
+        // One tensor rebuilt from a memoized storage id and arguments, MAX_TENSORS + 1 times.
+        let mut code = vec![0x80, 2, b'('];
+        code.extend(b"\x8c\x07storagectorch\nFloatStorage\n\x8c\x010\x8c\x03cpuK\x01tQq\x01");
+        code.extend(b"ctorch._utils\n_rebuild_tensor_v2\nq\x02");
+        code.extend(b"(h\x01K\x00K\x01\x85K\x01\x85\x89}tq\x03");
+        code.push(b']');
+        for _ in 0..=MAX_TENSORS {
+            code.extend([b'h', 2, b'h', 3, b'R', b'a']);
+        }
+        code.push(b'.');
+        let err = evaluate(&code).unwrap_err();
+        assert!(err.contains("tensors"), "{err}");
     }
 }

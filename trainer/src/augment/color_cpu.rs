@@ -146,8 +146,8 @@ mod tests {
     use rand::SeedableRng;
     use tch::{Device, Kind, Tensor};
 
-    /// Every path this CPU has gives the libtorch colour stage (which tests/augment_parity.rs
-    /// holds to torchvision) up to rounding: the host sums the contrast mean in f64 and divides
+    /// Every path this CPU has gives the batched colour stage of the GPU path (which
+    /// tests/augment_parity.rs holds to torchvision) up to rounding: the host sums the contrast mean in f64 and divides
     /// once per pixel, so a few float32 ulps of values in [0, 1].
     #[test]
     fn every_path_equals_the_libtorch_colour_stage() {
@@ -159,7 +159,7 @@ mod tests {
         let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2), 32, 48, 48);
         assert!(p.iter().filter(|v| v.jitter.is_some()).count() > 10);
         let x = Tensor::rand([32, 3, 48, 48], (Kind::Float, Device::Cpu));
-        let want = aug.color_batched(x.copy(), &p);
+        let want = crate::augment::batched::colour(&x, &p, &Default::default());
         let run = |path, buf: &mut [f32]| jitter_and_grayscale_on(path, buf, 48 * 48, &p);
         for (path, d) in crate::isa::max_diff_on_every_path(&x, &want, run) {
             eprintln!("colour, {}: max |Δ| {d:.2e}", path.name());

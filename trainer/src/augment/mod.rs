@@ -2,6 +2,7 @@
 //! device. Parameters are drawn on the host from a seeded stream (`params`), then one batch of
 //! uint8 images becomes normalized float views in a handful of batched kernels (`ops`).
 
+pub mod batched;
 pub mod blur_cpu;
 pub mod color_cpu;
 pub mod ops;
@@ -21,6 +22,10 @@ pub struct Augmenter {
     pub cfg: AugConfig,
     mean: Tensor,
     std: Tensor,
+    /// The whole batch through batched libtorch ops (the GPU path), else chunks with the host's
+    /// colour and blur loops (the CPU path).
+    batched: bool,
+    consts: batched::ConstCache,
 }
 
 impl Augmenter {
@@ -30,7 +35,15 @@ impl Augmenter {
             cfg,
             mean: stat(&pre.mean),
             std: stat(&pre.std),
+            batched: device.is_cuda(),
+            consts: Default::default(),
         }
+    }
+
+    /// The GPU's batched path on any device: on the CPU it shows which ops a GPU step would
+    /// dispatch (`bench-step --gpu-path`).
+    pub fn use_batched_path(&mut self) {
+        self.batched = true;
     }
 
     pub fn draw(&self, rng: &mut impl Rng, n: usize, height: u32, width: u32) -> Vec<ViewParams> {
@@ -43,14 +56,12 @@ impl Augmenter {
     /// On the CPU the batch goes through in chunks of [`CPU_CHUNK`] images, so that the dozen
     /// elementwise passes of the pipeline run on data still in cache; a GPU takes it whole.
     pub fn views_01(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
-        self.chunked(images, p, false)
+        self.chunked(images, p, false, self.cfg.size)
     }
 
-    fn chunked(&self, images: &Tensor, p: &[ViewParams], normalize: bool) -> Tensor {
-        let device = self.mean.device();
-        if device.is_cuda() {
-            let x = images.to_device(device).to_kind(Kind::Float) / 255.0;
-            let x = self.device_views_01(x, p);
+    fn chunked(&self, images: &Tensor, p: &[ViewParams], normalize: bool, size: u32) -> Tensor {
+        if self.batched {
+            let x = self.batched_01(images, &[p], size);
             return if normalize { self.normalize(&x) } else { x };
         }
         // Chunks run side by side on rayon's pool, each chunk's libtorch ops on its own thread:
@@ -58,7 +69,6 @@ impl Augmenter {
         // host passes, spent a third of the CPU spinning between its parallel regions.) Each
         // task owns its tensors (a Tensor may move between threads, not be shared by them).
         let n = p.len();
-        let size = self.cfg.size;
         let stats = normalize.then(|| (self.mean.shallow_clone(), self.std.shallow_clone()));
         let tasks: Vec<_> = (0..n)
             .step_by(CPU_CHUNK)
@@ -90,55 +100,24 @@ impl Augmenter {
         Tensor::cat(&parts, 0)
     }
 
-    fn device_views_01(&self, x: Tensor, p: &[ViewParams]) -> Tensor {
-        let boxes: Vec<CropBox> = p.iter().map(|v| v.crop).collect();
-        let flips: Vec<bool> = p.iter().map(|v| v.flip).collect();
-        let x = ops::resized_crop_flip(&x, &boxes, &flips, self.cfg.size);
-        let x = self.color_batched(x, p);
-        let (blur, sigmas): (Vec<usize>, Vec<f32>) = p
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.blur_sigma.map(|s| (i, s)))
-            .unzip();
-        ops::on_subset(x, &blur, |s| {
-            ops::gaussian_blur(s, &sigmas, ops::BLUR_KERNEL)
-        })
+    /// Every view of `params` (lists of one entry per image) in one batched pass, in [0,1].
+    fn batched_01(&self, images: &Tensor, params: &[&[ViewParams]], size: u32) -> Tensor {
+        let x = images.to_kind(Kind::Float) / 255.0;
+        batched::views(&x, params, size, &self.consts)
     }
 
-    /// ColorJitter in four rounds (in round r each jittered image applies its r-th adjustment),
-    /// images grouped by adjustment so that a round is at most four batched kernels; then
-    /// RandomGrayscale. The device path; `color_cpu` is the same on the host.
-    pub fn color_batched(&self, mut x: Tensor, p: &[ViewParams]) -> Tensor {
-        for round in 0..4 {
-            for op in 0..4u8 {
-                let (idx, f): (Vec<usize>, Vec<f32>) = p
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, v)| {
-                        let j = v.jitter.as_ref()?;
-                        (j.order[round] == op).then(|| {
-                            let f = match op {
-                                0 => j.brightness,
-                                1 => j.contrast,
-                                2 => j.saturation,
-                                _ => j.hue,
-                            };
-                            (i, f)
-                        })
-                    })
-                    .unzip();
-                x = ops::on_subset(x, &idx, |s| match op {
-                    0 => ops::adjust_brightness(s, &f),
-                    1 => ops::adjust_contrast(s, &f),
-                    2 => ops::adjust_saturation(s, &f),
-                    _ => ops::adjust_hue(s, &f),
-                });
-            }
+    /// The network's inputs of several views of the same images (augmented and normalized),
+    /// `size` pixels, one tensor per list of `params`: on the batched path all in one pass.
+    pub fn views_of(&self, images: &Tensor, params: &[&[ViewParams]], size: u32) -> Vec<Tensor> {
+        if !self.batched {
+            return params
+                .iter()
+                .map(|p| self.chunked(images, p, true, size))
+                .collect();
         }
-        let gray: Vec<usize> = (0..p.len()).filter(|&i| p[i].grayscale).collect();
-        ops::on_subset(x, &gray, |s| {
-            ops::grayscale(s).expand([-1, 3, -1, -1], false)
-        })
+        let n = images.size()[0];
+        self.normalize(&self.batched_01(images, params, size))
+            .split(n, 0)
     }
 
     pub fn normalize(&self, x01: &Tensor) -> Tensor {
@@ -147,7 +126,7 @@ impl Augmenter {
 
     /// The network's input: augmented and normalized.
     pub fn views(&self, images: &Tensor, p: &[ViewParams]) -> Tensor {
-        self.chunked(images, p, true)
+        self.chunked(images, p, true, self.cfg.size)
     }
 }
 

@@ -127,7 +127,11 @@ pub fn adjust_saturation(x: &Tensor, f: &[f32]) -> Tensor {
 
 /// torchvision's `_rgb2hsv` → shift hue → `_hsv2rgb`, term for term.
 pub fn adjust_hue(x: &Tensor, f: &[f32]) -> Tensor {
-    let f = per_image(f, x.device(), x.kind()).squeeze_dim(1);
+    adjust_hue_by(x, &per_image(f, x.device(), x.kind()).squeeze_dim(1))
+}
+
+/// [`adjust_hue`] by per-image shifts `f` `[N,1,1]` on the device.
+pub fn adjust_hue_by(x: &Tensor, f: &Tensor) -> Tensor {
     let rgb = x.unbind(1);
     let (r, g, b) = (&rgb[0], &rgb[1], &rgb[2]);
     let maxc = x.amax(&[1i64][..], false);

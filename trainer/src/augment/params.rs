@@ -79,6 +79,10 @@ pub struct Jitter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AugConfig {
     pub size: u32,
+    /// Progressive resizing: the views grow from this side to `size` over the run (cheap
+    /// low-resolution steps first, the evaluation's resolution last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_from: Option<u32>,
     pub scale: (f64, f64),
     pub ratio: (f64, f64),
     pub jitter_p: f64,
@@ -94,6 +98,7 @@ impl AugConfig {
     pub fn mocov2(size: u32) -> Self {
         AugConfig {
             size,
+            size_from: None,
             scale: (0.2, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             jitter_p: 0.8,
@@ -113,6 +118,23 @@ impl AugConfig {
             blur_p: 0.0,
             ..Self::mocov2(size)
         }
+    }
+}
+
+/// Steps of progressive resizing: view sides are multiples of this.
+pub const SIZE_STEP: u32 = 8;
+
+impl AugConfig {
+    /// The side of the views at `step` of `total`: `size`, or with `size_from` a linear ramp to it,
+    /// in steps of [`SIZE_STEP`] pixels (the last stretch of the run at `size`).
+    pub fn size_at(&self, step: u64, total: u64) -> u32 {
+        let Some(from) = self.size_from else {
+            return self.size;
+        };
+        let t = step as f64 / total.max(1) as f64;
+        let raw = from as f64 + (self.size as f64 - from as f64) * t;
+        let stepped = (raw / SIZE_STEP as f64).round() as u32 * SIZE_STEP;
+        stepped.clamp(from.min(self.size), from.max(self.size))
     }
 }
 
@@ -241,6 +263,19 @@ mod tests {
             );
             assert!(v.jitter.is_none() && !v.grayscale && v.blur_sigma.is_none() && !v.flip);
         }
+    }
+
+    #[test]
+    fn progressive_resizing_ramps_in_steps_to_the_final_size() {
+        let cfg = AugConfig {
+            size_from: Some(48),
+            ..AugConfig::mocov2(96)
+        };
+        let sizes: Vec<u32> = (0..100).map(|s| cfg.size_at(s, 100)).collect();
+        assert_eq!((sizes[0], sizes[99]), (48, 96));
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
+        assert!(sizes.iter().all(|s| s % SIZE_STEP == 0));
+        assert_eq!(AugConfig::mocov2(64).size_at(7, 100), 64);
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub struct AugArgs {
     /// `--crop 64` pretrains 2.25× cheaper per image than 96 and is evaluated at 96.
     #[arg(long)]
     pub crop: Option<u32>,
+    /// Progressive resizing: the views grow from this side to --crop over the run, in steps of
+    /// 8 pixels (low-resolution steps are cheap; the last ones match the evaluation's size).
+    #[arg(long)]
+    pub crop_from: Option<u32>,
     /// No RandomResizedCrop: each view is the whole image, resized to --crop.
     #[arg(long)]
     pub no_crop: bool,
@@ -42,8 +46,12 @@ impl AugArgs {
         Ok(self.apply(AugConfig::mocov2(crop)))
     }
 
-    /// `base` with the parts these flags switch off removed.
+    /// `base` with the parts these flags switch off removed, and `--crop-from`.
     pub fn apply(&self, base: AugConfig) -> AugConfig {
+        let base = AugConfig {
+            size_from: self.crop_from,
+            ..base
+        };
         base.without(Disabled {
             crop: self.no_crop,
             color: self.no_color,

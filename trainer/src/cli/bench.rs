@@ -44,3 +44,38 @@ impl BenchDataArgs {
         })
     }
 }
+
+/// `moco-train bench-step`: the flags of `pretrain` (the run to measure) and the bench's own.
+#[derive(clap::Args, Debug)]
+pub struct BenchStepArgs {
+    #[command(flatten)]
+    pub pretrain: super::pretrain::PretrainArgs,
+    /// Steps before the timing starts (allocators, cuDNN's autotuner, the page cache).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Timed steps (run twice when counting: once counted, once timed).
+    #[arg(long, default_value_t = 20)]
+    pub timed: u64,
+    /// Skip the op count (a callback on every op) and its extra pass.
+    #[arg(long)]
+    pub no_count: bool,
+    /// The augmentation's batched GPU path on the CPU too, so that the counts are a GPU's.
+    #[arg(long)]
+    pub gpu_path: bool,
+    /// Also print the top-level ops by name (per step), most frequent first.
+    #[arg(long)]
+    pub ops_by_name: bool,
+}
+
+impl BenchStepArgs {
+    pub fn to_config(&self) -> anyhow::Result<crate::train::bench_step::BenchStepConfig> {
+        Ok(crate::train::bench_step::BenchStepConfig {
+            pretrain: self.pretrain.to_config()?,
+            warmup: self.warmup,
+            timed: self.timed,
+            count: !self.no_count,
+            gpu_path: self.gpu_path,
+            by_name: self.ops_by_name,
+        })
+    }
+}

@@ -20,6 +20,7 @@ pub struct KnnArgs {
     /// Evaluate torchvision's random initialisation instead (the floor); needs --arch.
     #[arg(long, requires = "arch")]
     pub random_init: bool,
+    /// The architecture of the random init; with --encoder, the one the file must hold (checked)
     #[arg(long)]
     pub arch: Option<models::Arch>,
     #[arg(long, default_value = "train")]

@@ -26,6 +26,7 @@ pub struct LinearArgs {
     /// Use torchvision's random initialisation (the floor); needs --arch.
     #[arg(long, requires = "arch")]
     pub random_init: bool,
+    /// The architecture of the random init; with --encoder, the one the file must hold (checked)
     #[arg(long)]
     pub arch: Option<Arch>,
     #[arg(long, default_value = "train")]
@@ -83,7 +84,8 @@ pub struct LinearArgs {
     pub json: bool,
 }
 
-/// `--encoder PATH [--encoder-prefix P]` or `--random-init --arch A` (with `--seed`).
+/// `--encoder PATH [--encoder-prefix P] [--arch A]` or `--random-init --arch A` (with `--seed`).
+/// With a file, `--arch` is what the user expects it to hold: checked when it is loaded.
 pub fn encoder_source(
     encoder: Option<&PathBuf>,
     prefix: &EncoderPrefixArg,
@@ -92,7 +94,9 @@ pub fn encoder_source(
     seed: u64,
 ) -> Result<EncoderSource> {
     match (encoder, arch) {
-        (Some(p), _) if !random_init => Ok(EncoderSource::Pretrained(prefix.file(p))),
+        (Some(p), expected) if !random_init => Ok(EncoderSource::Pretrained(
+            prefix.file(p).expecting(expected),
+        )),
         (_, Some(arch)) => Ok(EncoderSource::RandomInit { arch, seed }),
         _ => bail!("--random-init needs --arch"),
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use datasets::layout::{Format, Split};
 
-use crate::merge_labels::MergeLabelsConfig;
+use datasets::merge_labels::MergeLabelsConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct MergeLabelsArgs {

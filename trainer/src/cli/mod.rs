@@ -3,6 +3,7 @@
 
 pub mod aug_args;
 pub mod bench;
+pub mod compare;
 pub mod encoder_args;
 pub mod eval_args;
 pub mod feature_maps;

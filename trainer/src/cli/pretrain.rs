@@ -101,7 +101,8 @@ pub struct PretrainArgs {
     /// feature width).
     #[arg(long)]
     pub mlp_hidden: Option<usize>,
-    /// Mixed precision on CUDA.
+    /// Mixed precision: the forward under autocast, the loss in float32. bf16 on CUDA or on a CPU
+    /// with native bf16 (avx512_bf16 or AMX); fp16 on CUDA, with a dynamic loss scaler.
     #[arg(long, value_enum, default_value_t = Amp::Off)]
     pub amp: Amp,
     /// Checkpoint every N steps (and at the end).
@@ -151,11 +152,25 @@ pub struct PretrainArgs {
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
-    /// Train in float64 (CPU, no --amp, no kNN monitor): a check mode whose numbers do not depend
-    /// on the CPU's float path, for comparing two runs of the same algorithm over many steps.
-    /// The encoder file and checkpoints are still written in float32.
+    /// Train in float64 (no --amp, no kNN monitor; CPU or CUDA): a check mode whose numbers do not
+    /// depend on the device's float path, for comparing two runs of the same algorithm over many
+    /// steps (`moco-train compare`). The encoder file is float32; checkpoints keep float64.
     #[arg(long)]
     pub float64: bool,
+    /// Start from this state instead of the seed's own draw: a file of `--save-init` or any
+    /// checkpoint of a run with the same method and architecture (networks, key encoder, queue;
+    /// the optimizer starts empty). Two runs on different devices or in different precisions
+    /// then start identical, and `moco-train compare` holds them against each other.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// float32 convolutions and matmuls on CUDA in full float32 instead of TF32 (PyTorch's
+    /// default for cuDNN): slower, and rounded as on a CPU, which `moco-train compare` needs.
+    #[arg(long)]
+    pub no_tf32: bool,
+    /// Write the run's freshly drawn state (networks, key encoder, queue) to this file and stop
+    /// before opening the data.
+    #[arg(long)]
+    pub save_init: Option<PathBuf>,
 }
 
 impl PretrainArgs {
@@ -196,6 +211,9 @@ impl PretrainArgs {
         if crop < MIN_CROP {
             bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
         }
+        if let Some(from) = self.aug.crop_from.filter(|&f| f < MIN_CROP) {
+            bail!("--crop-from {from}: views must be at least {MIN_CROP} pixels on a side");
+        }
         let splits = crate::data::parse_splits(&self.splits)
             .map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
         let need = |v: Option<f64>, flag: &str| {
@@ -224,6 +242,7 @@ impl PretrainArgs {
             amp: self.amp,
             seed: self.seed,
             float64: self.float64,
+            init_from: self.init_from.clone(),
             knn: (!self.no_knn).then(|| KnnMonitorConfig {
                 data: self.knn_data.clone(),
                 bank: self.knn_bank_split,
@@ -246,6 +265,8 @@ impl PretrainArgs {
                 tensorboard: self.tensorboard.dir(&self.out),
                 progress: !self.quiet && !self.json,
                 preset: self.preset.map(|p| p.name().to_string()),
+                save_init: self.save_init.clone(),
+                no_tf32: self.no_tf32,
             },
         })
     }

@@ -245,9 +245,9 @@ pub fn train(
                 .log_softmax(-1, Kind::Float)
                 .nll_loss(&targets);
             loss.backward();
-            opt.step(lr);
+            opt.step(lr)?;
             if let Some((o, blr)) = &mut backbone_opt {
-                o.step(c.decay.lr(*blr, epoch, c.epochs));
+                o.step(c.decay.lr(*blr, epoch, c.epochs))?;
             }
             loss_sum += loss.detach() * idx.len() as f64;
             pos.seen += idx.len();

@@ -102,9 +102,13 @@ fn config(r: &Recipe, arch: Arch) -> Result<MethodConfig> {
 
 /// BYOL's loss for one direction: ‖p̄ − z̄‖² = 2 − 2·cos(p, z) per sample, averaged over the
 /// batch.
+/// Float32 under autocast, as PyTorch AMP computes its sums and means.
 pub fn byol_regression(p: &Tensor, z: &Tensor) -> Tensor {
-    let cos = (normalize(p) * normalize(z)).sum_dim_intlist(&[1i64][..], false, p.kind());
-    (cos * -2.0 + 2.0).mean(p.kind())
+    crate::amp::full_precision(|| {
+        let prod = normalize(p) * normalize(z);
+        let cos = prod.sum_dim_intlist(&[1i64][..], false, prod.kind());
+        (cos * -2.0 + 2.0).mean(prod.kind())
+    })
 }
 
 pub struct Byol {
@@ -124,7 +128,7 @@ impl Byol {
 impl Method for Byol {
     fn loss(&mut self, x1: &Tensor, x2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
         if planted(EMA_BEFORE_STEP) {
-            self.target.update(self.tau(ctx));
+            self.target.update(self.tau(ctx))?;
         }
         let p1 = self
             .online
@@ -145,7 +149,7 @@ impl Method for Byol {
     /// The target follows the online network just updated (BYOL's update order).
     fn after_step(&mut self, ctx: &StepCtx, _: bool) -> Result<Vec<(&'static str, f64)>> {
         if !planted(EMA_BEFORE_STEP) {
-            self.target.update(self.tau(ctx));
+            self.target.update(self.tau(ctx))?;
         }
         Ok(Vec::new())
     }

@@ -190,7 +190,7 @@ impl Moco {
     fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
         tch::no_grad(|| {
             let device = im_k.device();
-            let idx = Tensor::from_slice(perm).to(device);
+            let idx = crate::counters::upload_async(&Tensor::from_slice(perm), device);
             let unshuffle = |k: Tensor| {
                 if planted(NO_UNSHUFFLE) {
                     k
@@ -221,7 +221,7 @@ impl Moco {
         let q = self.embed_q(im_q);
         let (k, keys) = self.keys(im_k, perm)?;
         if planted(MOMENTUM_AFTER_KEYS) {
-            self.k.update(self.cfg.momentum);
+            self.k.update(self.cfg.momentum)?;
         }
         let loss = info_nce(&q, &k, &self.queue, self.cfg.temperature);
         Ok([loss, keys, q.detach()])
@@ -281,7 +281,7 @@ impl Method for Moco {
         let batch = im1.size()[0] as usize * world;
         let perms = shuffle_permutations(ctx.seed, ctx.step, batch, self.cfg.symmetric);
         if !planted(MOMENTUM_AFTER_KEYS) {
-            self.k.update(self.cfg.momentum);
+            self.k.update(self.cfg.momentum)?;
         }
         let (loss, keys, queries) = if self.cfg.symmetric {
             let [la, ka, qa] = self.contrastive(im1, im2, &perms[0])?;

@@ -122,10 +122,9 @@ impl Method for MocoV3 {
             .cfg
             .momentum_schedule
             .at(self.cfg.momentum, ctx.step, ctx.total_steps);
-        let (k1, k2) = tch::no_grad(|| {
-            self.k.update(m);
-            (self.k.enc.project(x1, true), self.k.enc.project(x2, true))
-        });
+        self.k.update(m)?;
+        let (k1, k2) =
+            tch::no_grad(|| (self.k.enc.project(x1, true), self.k.enc.project(x2, true)));
         let (k1, k2) = if planted(SAME_VIEW_KEYS) {
             (k2, k1)
         } else {

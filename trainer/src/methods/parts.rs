@@ -2,6 +2,7 @@
 //! VarStore under torchvision's names, a momentum (EMA) copy of it, and the naming of their
 //! variables for checkpoints.
 
+use anyhow::Result;
 use models::{MlpHead, MlpShape, ResNetDesc};
 use models_tch::{MlpHeadModule, ResNet};
 use tch::nn::{self, VarStore};
@@ -100,12 +101,13 @@ impl Online {
         v
     }
 
-    /// The backbone's variables alone (no `fc.*`, no `predictor.*`), torchvision names.
+    /// The backbone's variables alone (no `fc.*`, no `predictor.*`, no SplitBatchNorm groups),
+    /// torchvision names, the BatchNorm statistics up to date.
     pub fn backbone_variables(&self) -> Vec<(String, Tensor)> {
-        self.vs
-            .variables()
-            .into_iter()
-            .filter(|(n, _)| !is_head(n))
+        let vars = self.vs.variables();
+        models_tch::batch_norm::sync_group_stats(&vars);
+        vars.into_iter()
+            .filter(|(n, _)| !is_head(n) && !n.ends_with(models_tch::batch_norm::GROUPS))
             .collect()
     }
 }
@@ -121,8 +123,9 @@ pub fn is_head(name: &str) -> bool {
 pub struct Target {
     pub vs: VarStore,
     pub enc: Encoder,
-    /// (name, online, target) for every trainable parameter of the online encoder.
-    pairs: Vec<(String, Tensor, Tensor)>,
+    /// The trainable parameters of the online encoder, by name, and their copies here.
+    sources: Vec<Tensor>,
+    targets: Vec<Tensor>,
 }
 
 impl Target {
@@ -150,32 +153,31 @@ impl Target {
             .filter(|n| src[*n].requires_grad() && kv.contains_key(*n))
             .collect();
         names.sort();
-        let pairs = names
-            .into_iter()
-            .map(|n| (n.clone(), src[n].shallow_clone(), kv[n].shallow_clone()))
-            .collect();
-        Target { vs, enc, pairs }
+        let sources = names.iter().map(|n| src[*n].shallow_clone()).collect();
+        let targets = names.iter().map(|n| kv[*n].shallow_clone()).collect();
+        Target {
+            vs,
+            enc,
+            sources,
+            targets,
+        }
     }
 
-    /// θ_target ← m·θ_target + (1−m)·θ_online over the parameters.
-    pub fn update(&self, m: f64) {
-        tch::no_grad(|| {
-            for (_, q, k) in &self.pairs {
-                let mut k = k.shallow_clone();
-                let _ = k.g_mul_scalar_(m);
-                let _ = k.g_add_(&(q * (1.0 - m)));
-            }
-        });
+    /// θ_target ← m·θ_target + (1−m)·θ_online over the parameters, two kernels for all of them.
+    pub fn update(&self, m: f64) -> Result<()> {
+        tch::no_grad(|| crate::foreach::ema(&self.targets, &self.sources, m))
     }
 }
 
-/// Every variable of `stores` as `<prefix>/<name>`, sorted by name: one order on every rank.
+/// Every variable of `stores` as `<prefix>/<name>`, sorted by name: one order on every rank. The
+/// BatchNorm statistics are brought up to date from the SplitBatchNorm groups first.
 pub fn named(stores: &[(&str, &VarStore)]) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = stores
         .iter()
         .flat_map(|(prefix, vs)| {
-            vs.variables()
-                .into_iter()
+            let vars = vs.variables();
+            models_tch::batch_norm::sync_group_stats(&vars);
+            vars.into_iter()
                 .map(move |(n, t)| (format!("{prefix}/{n}"), t))
         })
         .collect();

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Algorithm;
 use crate::methods::Method;
 use crate::optim::{LossScaler, Optimizer};
+use models_tch::batch_norm::GROUPS;
 
 const STATE_KEY: &str = "moco.state";
 const SHA_KEY: &str = "moco.sha256";
@@ -67,27 +68,43 @@ pub fn file_for(run: &Path, step: u64) -> PathBuf {
 }
 
 pub fn save(run: &Path, method: &dyn Method, opt: &Optimizer, state: &State) -> Result<PathBuf> {
+    let d = dir(run);
+    fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
+    let path = file_for(run, state.step);
+    write(&path, method, Some(opt), state)?;
+    prune(run)?;
+    Ok(path)
+}
+
+/// `--save-init`: the method's state as drawn (networks, queue) in the checkpoint format, no
+/// optimizer buffers, so that runs on other devices or in other precisions can start from it
+/// (`--init-from`). Returns the file's checksum.
+pub fn save_init(path: &Path, method: &dyn Method, state: &State) -> Result<String> {
+    write(path, method, None, state)
+}
+
+/// One checkpoint file, written atomically; returns its checksum.
+fn write(
+    path: &Path,
+    method: &dyn Method,
+    opt: Option<&Optimizer>,
+    state: &State,
+) -> Result<String> {
     let mut map = TensorMap::new();
     for (name, t) in method.networks().into_iter().chain(method.extra_state()) {
         map.insert(name, tensor_to_data(&t));
     }
-    for ((name, _), buf) in opt.params.iter().zip(&opt.buffers) {
-        if let Some(b) = buf {
-            map.insert(format!("opt/{name}"), tensor_to_data(b));
-        }
+    for (name, b) in opt.into_iter().flat_map(Optimizer::named_buffers) {
+        map.insert(format!("opt/{name}"), tensor_to_data(b));
     }
     map.metadata
         .insert(STATE_KEY.into(), serde_json::to_string(state)?);
     let sha = digest(&map);
-    map.metadata.insert(SHA_KEY.into(), sha);
-    let d = dir(run);
-    fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
-    let path = file_for(run, state.step);
-    map.save_with(&path, |stage| {
+    map.metadata.insert(SHA_KEY.into(), sha.clone());
+    map.save_with(path, |stage| {
         crate::faults::at_checkpoint_stage(stage, state.step)
     })?;
-    prune(run)?;
-    Ok(path)
+    Ok(sha)
 }
 
 /// Checkpoint files of a run, newest first.
@@ -162,8 +179,39 @@ pub fn restore(
     method: &mut dyn Method,
     opt: &mut Optimizer,
 ) -> Result<()> {
-    for (name, var) in method.networks().into_iter().chain(method.extra_state()) {
-        let src = match (map.get(&name), name.as_str(), state.ptr) {
+    restore_method(path, map, state, method)?;
+    for ((name, p), buf) in opt.params.iter().zip(opt.buffers.iter_mut()) {
+        *buf = map
+            .get(&format!("opt/{name}"))
+            .map(|d| data_to_tensor(d).to_device(p.device()).to_kind(p.kind()));
+    }
+    Ok(())
+}
+
+/// The method's networks and state from a verified checkpoint, in the method's own device and
+/// precision.
+fn restore_method(
+    path: &Path,
+    map: &TensorMap,
+    state: &State,
+    method: &mut dyn Method,
+) -> Result<()> {
+    let vars: Vec<(String, tch::Tensor)> = method
+        .networks()
+        .into_iter()
+        .chain(method.extra_state())
+        .collect();
+    // SplitBatchNorm groups the file does not hold as this run has them (written before the
+    // groups were kept, or by another number of groups per rank) start from their mean.
+    let held = |name: &str, var: &tch::Tensor| {
+        map.get(name)
+            .is_some_and(|d| d.shape.iter().map(|&x| x as i64).eq(var.size()))
+    };
+    for (name, var) in &vars {
+        if name.ends_with(GROUPS) && !held(name, var) {
+            continue;
+        }
+        let src = match (map.get(name), name.as_str(), state.ptr) {
             (Some(d), _, _) => data_to_tensor(d),
             (None, "queue_ptr", Some(ptr)) => tch::Tensor::from(ptr),
             (None, _, _) => bail!("{}: missing `{name}`", path.display()),
@@ -181,10 +229,33 @@ pub fn restore(
                 .copy_(&src.to_device(var.device()).to_kind(var.kind()))
         });
     }
-    for ((name, p), buf) in opt.params.iter().zip(opt.buffers.iter_mut()) {
-        *buf = map
-            .get(&format!("opt/{name}"))
-            .map(|d| data_to_tensor(d).to_device(p.device()).to_kind(p.kind()));
-    }
+    let unheld: std::collections::HashMap<String, tch::Tensor> = vars
+        .into_iter()
+        .filter(|(n, t)| !n.ends_with(GROUPS) || !held(n, t))
+        .collect();
+    models_tch::batch_norm::reseed_group_stats(&unheld);
     Ok(())
+}
+
+/// `--init-from`: the method's networks and state (a queue) from a `--save-init` file or any
+/// checkpoint of a run of the same method and architecture; the optimizer starts empty. Returns
+/// the file's checksum, which the run's record keeps.
+pub fn load_init(path: &Path, method: &mut dyn Method, algo: &Algorithm) -> Result<String> {
+    let (map, state) = read(path).with_context(|| "--init-from".to_string())?;
+    // The state's shapes are checked tensor by tensor; these two name the mismatch first.
+    let stored = |k: &str| state.config.pointer(k).cloned().unwrap_or_default();
+    let want = serde_json::to_value(algo)?;
+    for k in ["/method/name", "/arch"] {
+        if stored(k) != want.pointer(k).cloned().unwrap_or_default() {
+            bail!(
+                "--init-from {}: written for {} {}, this run is {}",
+                path.display(),
+                &k[1..],
+                stored(k),
+                want.pointer(k).cloned().unwrap_or_default()
+            );
+        }
+    }
+    restore_method(path, &map, &state, method)?;
+    Ok(map.metadata.get(SHA_KEY).cloned().unwrap_or_default())
 }

@@ -3,7 +3,10 @@
 //! stream for the whole global batch, this rank's share kept) — so that any world size, and a
 //! resumed run, sees exactly what one uninterrupted process would.
 
-use anyhow::Result;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
@@ -23,8 +26,9 @@ impl RankShare {
 }
 
 /// The images of each step, epoch after epoch.
+#[derive(Clone)]
 pub struct StepBatches {
-    bank: ImageBank,
+    bank: Arc<ImageBank>,
     seed: u64,
     /// The global batch.
     batch: usize,
@@ -36,7 +40,7 @@ pub struct StepBatches {
 impl StepBatches {
     pub fn new(bank: ImageBank, seed: u64, batch: usize, share: RankShare) -> Self {
         StepBatches {
-            bank,
+            bank: Arc::new(bank),
             seed,
             batch,
             share,
@@ -81,9 +85,68 @@ impl StepBatches {
     }
 }
 
+/// Steps ahead in the loader: the gather of step s + 1 (and + 2) overlaps step s.
+const AHEAD: usize = 2;
+
+/// The steps' images gathered on a thread of its own, ahead of the loop, in pinned memory on
+/// CUDA so that their upload is asynchronous (a pageable upload makes the host wait for the
+/// device, and the next step's gather would wait for the upload).
+pub struct Prefetch {
+    batches: StepBatches,
+    device: Device,
+    /// The step the channel delivers next, and the channel.
+    next: Option<(u64, Receiver<Tensor>)>,
+}
+
+impl Prefetch {
+    pub fn new(batches: StepBatches, device: Device) -> Self {
+        Prefetch {
+            batches,
+            device,
+            next: None,
+        }
+    }
+
+    /// This rank's images of `step` on the device (uint8 `[n,3,H,W]`). Steps asked for in order
+    /// come from the loader thread; another step restarts it there.
+    pub fn images_of(&mut self, step: u64) -> Result<Tensor> {
+        if self.next.as_ref().map(|(s, _)| *s) != Some(step) {
+            self.next = Some((step, self.start(step)));
+        }
+        let (at, rx) = self.next.as_mut().expect("set above");
+        let host = rx
+            .recv()
+            .context("pretrain: the image loader thread stopped")?;
+        *at += 1;
+        Ok(crate::counters::upload_async(&host, self.device))
+    }
+
+    fn start(&self, from: u64) -> Receiver<Tensor> {
+        let (tx, rx) = sync_channel(AHEAD);
+        let mut batches = self.batches.clone();
+        let device = self.device;
+        std::thread::spawn(move || {
+            for step in from.. {
+                let t = batches.images_of(step);
+                let t = match device {
+                    Device::Cuda(_) => t.pin_memory(device),
+                    _ => t,
+                };
+                // The loop went away (another step, or the end): so does this thread.
+                if tx.send(t).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
 /// The two augmented views of a step's images.
 pub struct ViewMaker {
     aug: Augmenter,
+    /// The run's length, over which progressive resizing grows the views.
+    total_steps: u64,
     seed: u64,
     batch: usize,
     /// Side of the decoded images the views are cut from.
@@ -98,11 +161,12 @@ impl ViewMaker {
         cfg: AugConfig,
         device: Device,
         (seed, batch, size): (u64, usize, u32),
-        share: RankShare,
+        (share, total_steps): (RankShare, u64),
         (kind, channels_last): (Kind, bool),
     ) -> Self {
         ViewMaker {
             aug: Augmenter::new(cfg, &models::Preprocess::default(), device),
+            total_steps,
             seed,
             batch,
             size,
@@ -112,6 +176,11 @@ impl ViewMaker {
         }
     }
 
+    /// The augmentation's batched (GPU) path on any device.
+    pub fn use_batched_path(&mut self) {
+        self.aug.use_batched_path();
+    }
+
     /// Views 1 and 2 of this rank's `images` (on the device) at `step`. Every rank draws the
     /// whole batch's parameters and keeps its share: any world size sees the same views.
     pub fn views(&self, images: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
@@ -119,10 +188,17 @@ impl ViewMaker {
         let (s, r, w) = (self.size, self.share.rank, self.share.world);
         let p1 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
         let p2 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
-        let (mut v1, mut v2) = (
-            self.aug.views(images, &p1).to_kind(self.kind),
-            self.aug.views(images, &p2).to_kind(self.kind),
-        );
+        let in_kind = |v: Tensor| match self.kind {
+            Kind::Float => v,
+            k => v.to_kind(k),
+        };
+        let side = self.aug.cfg.size_at(step, self.total_steps);
+        let mut views = self
+            .aug
+            .views_of(images, &[&p1, &p2], side)
+            .into_iter()
+            .map(in_kind);
+        let (mut v1, mut v2) = (views.next().expect("two"), views.next().expect("two"));
         if self.channels_last {
             crate::amp::make_channels_last(&mut v1)?;
             crate::amp::make_channels_last(&mut v2)?;

@@ -2,6 +2,7 @@
 //! logging, the NaN stop, checkpoints and the kNN monitor — over any [`Method`], and saves the
 //! method's backbone with torchvision names at the end.
 
+pub mod bench_step;
 pub mod checkpoint;
 pub mod data;
 pub mod launch;
@@ -19,6 +20,7 @@ use models_tch::to_tensor_map;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use crate::amp::Autocast;
 use crate::config::{Algorithm, Amp, PretrainConfig};
 use crate::data::ImageBank;
 use crate::dist::{Dist, DistBackend, DistEnv};
@@ -27,16 +29,41 @@ use crate::metrics::MetricsLog;
 use crate::optim::{LossScaler, Optimizer, Schedule};
 use crate::stop::{Preempted, StopFlag};
 use checkpoint::State;
-use data::{RankShare, StepBatches, ViewMaker};
+use data::{Prefetch, RankShare, StepBatches, ViewMaker};
 use monitor::KnnMonitor;
 use step::{train_step, StepState};
 
 /// `moco-train pretrain` with a decided configuration: the result JSON of SPEC. When `stop` is
 /// asked for, the run saves a checkpoint after the step it is in and ends with [`Preempted`].
 pub fn run(cfg: &PretrainConfig, stop: StopFlag) -> Result<Value> {
+    if let Some(path) = &cfg.run.save_init {
+        return save_init(cfg, path);
+    }
     let mut trainer = Trainer::prepare(cfg, stop)?;
     trainer.fit()?;
     trainer.finish()
+}
+
+/// `--save-init`: the method drawn from the seed as a run would draw it, written to `path`.
+fn save_init(cfg: &PretrainConfig, path: &std::path::Path) -> Result<Value> {
+    let device = cfg.run.compute.setup()?;
+    check_device(cfg, device)?;
+    cfg.validate(1)?;
+    let (method, _) = build_method(cfg, device, None)?;
+    let state = State {
+        step: 0,
+        ptr: None,
+        scaler: None,
+        config: json!({"method": cfg.method, "arch": cfg.arch}),
+        world_size: 1,
+    };
+    let sha = checkpoint::save_init(path, method.as_ref(), &state)?;
+    eprintln!(
+        "pretrain: initial state of seed {} → {}",
+        cfg.seed,
+        path.display()
+    );
+    Ok(json!({"init": path.display().to_string(), "sha256": sha}))
 }
 
 /// The device and, under torchrun's variables or `--dist-backend`, the process group.
@@ -47,7 +74,22 @@ fn connect(cfg: &PretrainConfig) -> Result<(Device, Option<Rc<Dist>>)> {
         env => env,
     };
     if let (Device::Cuda(0), Some(env)) = (device, &env) {
+        let visible = tch::Cuda::device_count().max(0) as usize;
+        if env.local_rank >= visible {
+            bail!(
+                "rank {} (LOCAL_RANK {}): only {visible} CUDA device(s) visible; start at most \
+                 {visible} ranks on this machine",
+                env.rank,
+                env.local_rank
+            );
+        }
         device = Device::Cuda(env.local_rank);
+    }
+    if let Device::Cuda(i) = device {
+        crate::amp::set_cuda_device(i)?;
+        // Every step has the same shapes: cuDNN times its algorithms once and keeps the fastest.
+        tch::Cuda::cudnn_set_benchmark(true);
+        crate::amp::set_cuda_tf32(!cfg.run.no_tf32)?;
     }
     let timeout = Duration::from_secs(cfg.run.dist_timeout);
     let dist = match &env {
@@ -62,21 +104,24 @@ fn connect(cfg: &PretrainConfig) -> Result<(Device, Option<Rc<Dist>>)> {
     Ok((device, dist))
 }
 
-/// The checks that need the device.
-fn check_device(cfg: &PretrainConfig, device: Device) -> Result<()> {
-    if cfg.amp != Amp::Off && !device.is_cuda() {
-        bail!(
-            "--amp {:?}: mixed precision runs on CUDA only (use --amp off on CPU)",
-            cfg.amp
-        );
+/// What a CPU bf16 step costs where oneDNN has no native bf16 kernels: measured with oneDNN held
+/// to AVX2 (docs/benchmarks.md, "Mixed precision on the CPU").
+const EMULATED_BF16: &str = "bf16 steps measured 22× slower than float32 there; use --amp off";
+
+/// The checks that need the device; the autocast `--amp` asks for on it.
+fn check_device(cfg: &PretrainConfig, device: Device) -> Result<Option<Autocast>> {
+    match (cfg.amp, device.is_cuda()) {
+        (Amp::Fp16, false) => {
+            bail!("--amp fp16: float16 autocast is a CUDA mode; on the CPU use --amp bf16")
+        }
+        (Amp::Bf16, false) => {
+            if let Some(why) = crate::isa::no_native_bf16() {
+                bail!("--amp bf16: {why}: {EMULATED_BF16}");
+            }
+        }
+        _ => {}
     }
-    if cfg.float64 && device.is_cuda() {
-        bail!("--float64 is a CPU check mode: use it with --device cpu, --amp off and --no-knn");
-    }
-    if cfg.amp != Amp::Off {
-        crate::amp::set_cuda_dtype(cfg.amp == Amp::Bf16)?;
-    }
-    Ok(())
+    Ok(Autocast::of(cfg.amp, device))
 }
 
 /// The pretraining images; the lead rank builds the decoded stores, the others open them once
@@ -198,7 +243,7 @@ fn params_finite(opt: &Optimizer) -> bool {
     tch::no_grad(|| {
         opt.params
             .iter()
-            .all(|(_, p)| bool::try_from(p.isfinite().all()).unwrap_or(false))
+            .all(|(_, p)| crate::counters::flag(&p.isfinite().all()))
     })
 }
 
@@ -224,12 +269,14 @@ pub struct Trainer {
     algo: Algorithm,
     device: Device,
     kind: Kind,
+    autocast: Option<Autocast>,
     dist: Option<Rc<Dist>>,
     method: Box<dyn Method>,
     opt: Optimizer,
     scaler: Option<LossScaler>,
     schedule: Schedule,
     batches: StepBatches,
+    loader: Prefetch,
     views: ViewMaker,
     monitor: Option<KnnMonitor>,
     log: Option<MetricsLog>,
@@ -255,7 +302,7 @@ impl Trainer {
             world: d.world,
         });
         let lead = share.rank == 0;
-        check_device(cfg, device)?;
+        let autocast = check_device(cfg, device)?;
         cfg.validate(share.world)?;
         let out_lock = lead
             .then(|| crate::run_dir::claim(&cfg.run.out))
@@ -281,8 +328,11 @@ impl Trainer {
             (Some(k), true) => KnnMonitor::open(k, &cfg.data, progress)?,
             _ => None,
         };
-        let algo = cfg.algorithm(n, total);
+        let mut algo = cfg.algorithm(n, total);
         let (mut method, mut opt) = build_method(cfg, device, dist.as_ref())?;
+        if let Some(path) = &cfg.init_from {
+            algo.init = Some(checkpoint::load_init(path, &mut *method, &algo)?);
+        }
         let mut scaler = (cfg.amp == Amp::Fp16).then(LossScaler::default);
         let start = resume(cfg, &algo, share, &mut *method, &mut opt, &mut scaler)?;
         let kind = if cfg.float64 {
@@ -309,7 +359,7 @@ impl Trainer {
             cfg.augmentation.clone(),
             device,
             (cfg.seed, cfg.batch_size, cfg.data.size),
-            share,
+            (share, total),
             (kind, channels_last),
         );
         let schedule = Schedule {
@@ -326,11 +376,13 @@ impl Trainer {
             algo,
             device,
             kind,
+            autocast,
             dist,
             method,
             opt,
             scaler,
             schedule,
+            loader: Prefetch::new(batches.clone(), device),
             batches,
             views,
             monitor,
@@ -387,8 +439,6 @@ impl Trainer {
                 return self.stop_before(step, &mut interval);
             }
             crate::faults::at_step(step);
-            let images = self.batches.images_of(step).to_device(self.device);
-            let views = self.views.views(&images, step)?;
             let lr = self.schedule.lr(step);
             let done = step + 1;
             let end_of_epoch = done.is_multiple_of(per_epoch);
@@ -396,26 +446,7 @@ impl Trainer {
             let checkpoint_now = done == total || (every > 0 && done.is_multiple_of(every));
             let log_now =
                 done % self.cfg.run.log_every.max(1) == 0 || checkpoint_now || end_of_epoch;
-            let ctx = StepCtx {
-                step,
-                total_steps: total,
-                seed: self.cfg.seed,
-            };
-            let st = StepState {
-                opt: &mut self.opt,
-                scaler: &mut self.scaler,
-                dist: self.dist.as_deref(),
-                autocast: self.cfg.amp != Amp::Off,
-                kind: self.kind,
-            };
-            let out = train_step(
-                &mut *self.method,
-                st,
-                (&views.0, &views.1),
-                &ctx,
-                lr,
-                log_now,
-            )?;
+            let out = self.step(step, log_now)?;
             interval.loss_sum += out.loss;
             interval.steps += 1;
             if log_now {
@@ -429,6 +460,26 @@ impl Trainer {
         }
         self.bar.finish_and_clear();
         Ok(())
+    }
+
+    /// One optimizer step on the views of `step`'s batch (`log`: the method's metrics too).
+    fn step(&mut self, step: u64, log: bool) -> Result<step::StepOut> {
+        let images = self.loader.images_of(step)?;
+        let views = self.views.views(&images, step)?;
+        let ctx = StepCtx {
+            step,
+            total_steps: self.algo.total_steps,
+            seed: self.cfg.seed,
+        };
+        let st = StepState {
+            opt: &mut self.opt,
+            scaler: &mut self.scaler,
+            dist: self.dist.as_deref(),
+            autocast: self.autocast,
+            kind: self.kind,
+        };
+        let lr = self.schedule.lr(step);
+        train_step(&mut *self.method, st, (&views.0, &views.1), &ctx, lr, log)
     }
 
     /// Whether to stop before `step`: asked for on this rank or, in a group, on any. A group
@@ -445,7 +496,7 @@ impl Trainer {
         }
         let mut any = Tensor::from(f64::from(u8::from(here))).to_device(self.device);
         d.average(&mut any)?;
-        Ok(any.double_value(&[]) > 0.0)
+        Ok(crate::counters::scalar(&any) > 0.0)
     }
 
     /// A stop after `done` steps: the open interval logged, a checkpoint unless the newest one is
@@ -482,7 +533,7 @@ impl Trainer {
         if let Some(d) = &self.dist {
             d.average(&mut interval.loss_sum)?;
         }
-        let mean = interval.loss_sum.double_value(&[]) / interval.steps as f64;
+        let mean = crate::counters::scalar(&interval.loss_sum) / interval.steps as f64;
         if !mean.is_finite() {
             self.bar.abandon();
             bail!(

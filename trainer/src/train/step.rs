@@ -5,6 +5,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use crate::amp::Autocast;
 use crate::dist::Dist;
 use crate::methods::{Method, StepCtx};
 use crate::optim::{LossScaler, Optimizer};
@@ -14,8 +15,8 @@ pub struct StepState<'a> {
     pub opt: &'a mut Optimizer,
     pub scaler: &'a mut Option<LossScaler>,
     pub dist: Option<&'a Dist>,
-    /// Mixed precision (CUDA autocast) around the forward.
-    pub autocast: bool,
+    /// Mixed precision around the forward (None: `--amp off`, nothing switched).
+    pub autocast: Option<Autocast>,
     /// The kind of the loss and the variables (float64 in the check mode).
     pub kind: Kind,
 }
@@ -40,7 +41,7 @@ pub fn train_step(
     log: bool,
 ) -> Result<StepOut> {
     st.opt.zero_grad();
-    let loss = tch::autocast(st.autocast, || method.loss(v1, v2, ctx))?;
+    let loss = crate::amp::autocast(st.autocast, || method.loss(v1, v2, ctx))??;
     let graph = loss.graph.to_kind(st.kind);
     let scale = st.scaler.as_ref().map_or(1.0, |sc| sc.scale);
     (&graph * scale).backward();
@@ -49,11 +50,11 @@ pub fn train_step(
         d.average_gradients(st.opt.params.iter().map(|(_, p)| p))?;
     }
     let taken = match st.scaler.as_mut() {
-        Some(sc) => sc.unscale_and_check(st.opt),
+        Some(sc) => sc.unscale_and_check(st.opt)?,
         None => true,
     };
     if taken {
-        st.opt.step(lr);
+        st.opt.step(lr)?;
     }
     let fields = method.after_step(ctx, log)?;
     Ok(StepOut {

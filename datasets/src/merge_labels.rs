@@ -11,8 +11,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::layout::{Format, ImageSource, Split, SplitData, STL10_IMAGE_BYTES};
 use anyhow::{bail, Context, Result};
-use datasets::layout::{Format, ImageSource, Split, SplitData, STL10_IMAGE_BYTES};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +36,24 @@ pub struct MergeLabelsConfig {
     pub copy: bool,
     /// Progress bars on stderr.
     pub progress: bool,
+}
+
+impl MergeLabelsConfig {
+    /// The merge of `labels` answering `request` (of `data`'s unlabeled split) into a new root
+    /// `out` in `data`'s layout: the defaults of `moco-train merge-labels`.
+    pub fn for_files(data: &Path, request: &Path, labels: &Path, out: &Path) -> Self {
+        MergeLabelsConfig {
+            data: data.to_path_buf(),
+            format: None,
+            request: request.to_path_buf(),
+            labels: labels.to_path_buf(),
+            out: out.to_path_buf(),
+            split: Split::Unlabeled,
+            train_split: Split::Train,
+            copy: false,
+            progress: false,
+        }
+    }
 }
 
 /// One image to add: its source in the pool and its class index.
@@ -219,7 +237,7 @@ fn add_competition(new: &Path, train: &SplitData, adds: &[Addition]) -> Result<V
     let labels_name = format!("{}_label_tensor.pt", train.split.name());
     replace(
         &new.join(labels_name),
-        &datasets::pt_labels::label_tensor_bytes(&labels),
+        &crate::pt_labels::label_tensor_bytes(&labels),
     )?;
     Ok(names)
 }
@@ -296,8 +314,8 @@ pub fn run(a: &MergeLabelsConfig) -> Result<Value> {
             a.out.display()
         );
     }
-    let pool = datasets::open(&root, a.split, a.format)?;
-    let train = datasets::open(&root, a.train_split, Some(pool.format))?;
+    let pool = crate::open(&root, a.split, a.format)?;
+    let train = crate::open(&root, a.train_split, Some(pool.format))?;
     if !train.is_labeled() {
         bail!("--train-split {}: has no labels", a.train_split.name());
     }
@@ -311,7 +329,7 @@ pub fn run(a: &MergeLabelsConfig) -> Result<Value> {
         std::process::id()
     ));
     let result = (|| -> Result<(u64, Vec<String>)> {
-        let bar = crate::progress::counter("carrying files over", a.progress);
+        let bar = files_counter(a.progress);
         let n = mirror(&root, &tmp, a.copy, &bar)?;
         bar.finish_and_clear();
         let names = match pool.format {
@@ -324,14 +342,14 @@ pub fn run(a: &MergeLabelsConfig) -> Result<Value> {
         for (name, add) in names.iter().zip(&adds) {
             log.push_str(&format!(
                 "{},{},{}\n",
-                datasets::csv::field(name),
-                datasets::csv::field(&add.name),
-                datasets::csv::field(&train.classes[add.label])
+                crate::csv::field(name),
+                crate::csv::field(&add.name),
+                crate::csv::field(&train.classes[add.label])
             ));
         }
         fs::write(tmp.join("merged_labels.csv"), log)?;
         // The new root must read back as the old one plus the additions.
-        let check = datasets::open(&tmp, a.train_split, Some(pool.format))?;
+        let check = crate::open(&tmp, a.train_split, Some(pool.format))?;
         let mut got: Vec<Option<usize>> = check.samples.iter().map(|s| s.label).collect();
         let mut want: Vec<Option<usize>> = train.samples.iter().map(|s| s.label).collect();
         want.extend(adds.iter().map(|x| Some(x.label)));
@@ -380,4 +398,18 @@ pub fn run(a: &MergeLabelsConfig) -> Result<Value> {
             .collect::<serde_json::Map<String, Value>>(),
         "out": a.out.display().to_string(),
     }))
+}
+
+/// A count of the files carried over, on stderr unless hidden.
+fn files_counter(visible: bool) -> indicatif::ProgressBar {
+    let bar = if visible {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {pos} {per_sec}").expect("static template"),
+    );
+    bar.set_message("carrying files over");
+    bar
 }
