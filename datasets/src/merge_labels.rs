@@ -34,6 +34,10 @@ pub struct MergeLabelsConfig {
     pub train_split: Split,
     /// Copy unchanged files instead of hard-linking them.
     pub copy: bool,
+    /// Merge the labeled images of a request some of whose images came back without a label
+    /// (without it, such a return is refused: a labeler's file cut short looks the same).
+    #[serde(default)]
+    pub partial: bool,
     /// Progress bars on stderr.
     pub progress: bool,
 }
@@ -51,6 +55,7 @@ impl MergeLabelsConfig {
             split: Split::Unlabeled,
             train_split: Split::Train,
             copy: false,
+            partial: false,
             progress: false,
         }
     }
@@ -165,6 +170,20 @@ fn read_returned(
     }
     if adds.is_empty() {
         bail!("--labels {}: no labels", a.labels.display());
+    }
+    if !a.partial && adds.len() < requested.len() {
+        let first = requested
+            .iter()
+            .filter(|(image, _)| !seen.contains(*image))
+            .min_by_key(|(_, &index)| index)
+            .map_or("", |(image, _)| image.as_str());
+        bail!(
+            "--labels {}: {} of the {} requested images have no label (first: `{first}`); \
+             return one for each, or pass --partial to merge those that have one",
+            a.labels.display(),
+            requested.len() - adds.len(),
+            requested.len()
+        );
     }
     // Dataset order of the pool, so the result does not depend on the labelers' row order.
     adds.sort();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use datasets::layout::Split;
-use models::{EncoderFile, Preprocess};
+use models::Preprocess;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::augment::{AugConfig, Augmenter};
 use crate::config::{Compute, DataSource};
 use crate::data::DecodedSplit;
-use crate::encoder::Backbone;
+use crate::encoder::{Backbone, EncoderSource};
 use crate::features;
 use crate::loss::{info_nce_logits, normalize};
 use crate::rng::{stream, Purpose};
@@ -65,7 +65,7 @@ pub struct ContrastiveScore {
 pub struct LabelRequestConfig {
     pub data: DataSource,
     pub compute: Compute,
-    pub encoder: EncoderFile,
+    pub encoder: EncoderSource,
     /// A linear classifier; without it, probabilities from kNN votes of the labeled split.
     pub classifier: Option<PathBuf>,
     /// The split to choose from.
@@ -465,7 +465,7 @@ fn print_balance(counts: &[usize], classes: &[String], picked: usize, from: &str
 pub fn run(c: &LabelRequestConfig) -> Result<Value> {
     let device = c.compute.setup()?;
     c.check()?;
-    let backbone = Backbone::load(&c.encoder, device)?;
+    let backbone = c.encoder.load(device)?;
     let (pool, labeled) = open_splits(c)?;
     let classes = labeled.classes.clone();
     let dim = backbone.net.desc.feature_dim;

@@ -20,6 +20,7 @@ pub mod foreach;
 pub mod isa;
 pub mod knn;
 pub mod label_request;
+pub mod label_study;
 pub mod linear;
 pub mod loss;
 pub mod methods;

@@ -138,6 +138,9 @@ enum Command {
     /// Choose unlabeled images to send for labeling (uncertainty, contrastive loss, diversity,
     /// class balance): a ranked CSV and the predicted class balance.
     LabelRequest(LabelRequestArgs),
+    /// Which labeling strategy helps: requests of each strategy and of random baselines from a
+    /// pool whose labels an oracle holds, merged, and a linear classifier scored on val.
+    LabelStudy(trainer::cli::label_study::LabelStudyArgs),
     /// A new dataset root: the old one plus the returned labels of a request.
     MergeLabels(trainer::cli::merge_labels::MergeLabelsArgs),
     /// Originals beside two augmented views (aug+), as a PNG grid.
@@ -232,6 +235,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Knn(a) => report(a.to_config().and_then(|c| knn::run(&c)), a.json),
         Command::LabelRequest(a) => report(label_request::run(&a.to_config()), a.json),
+        Command::LabelStudy(a) => report(
+            a.to_config().and_then(|c| trainer::label_study::run(&c)),
+            a.json,
+        ),
         Command::MergeLabels(a) => report(
             a.to_config().and_then(|c| datasets::merge_labels::run(&c)),
             a.json,

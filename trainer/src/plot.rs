@@ -29,7 +29,10 @@ fn save_png(img: &RgbImage, out: &Path) -> Result<()> {
     Ok(())
 }
 
-type Series = Vec<(f64, f64)>;
+pub type Series = Vec<(f64, f64)>;
+
+/// A panel's title and its named curves.
+pub type NamedPanel = (String, Vec<(String, Series)>);
 
 fn series(records: &[Value], x: &str, key: &str) -> Series {
     records
@@ -183,17 +186,47 @@ pub fn curves_with_floor(metrics: &Path, out: &Path, floor: Option<f64>) -> Resu
     figure(out, &panels)
 }
 
+/// Line colours of figures with several named curves (matplotlib's first eight).
+const COLORS: [RGBColor; 8] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(127, 127, 127),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
+/// Panels of named curves against `x`, side by side; a name keeps its colour across panels.
+pub fn named_curves(out: &Path, x: &str, panels: &[NamedPanel]) -> Result<()> {
+    let mut names: Vec<&str> = panels
+        .iter()
+        .flat_map(|(_, lines)| lines.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let color = |n: &str| COLORS[names.iter().position(|&m| m == n).unwrap_or(0) % COLORS.len()];
+    let panels: Vec<(&str, &str, Vec<Curve>, Option<f64>)> = panels
+        .iter()
+        .map(|(title, lines)| {
+            let curves = lines
+                .iter()
+                .map(|(label, data)| Curve {
+                    label: label.clone(),
+                    data: data.clone(),
+                    color: color(label),
+                })
+                .collect();
+            (title.as_str(), x, curves, None)
+        })
+        .collect();
+    figure(out, &panels)
+}
+
 /// Several runs against the epoch: loss, kNN top-1 (with the floor) and the drift gap, the
 /// queries' cosine to the newest minus to the oldest queued keys (`neg_sim_*` in metrics.jsonl).
 pub fn compare(runs: &[(String, &Path)], out: &Path, floor: Option<f64>) -> Result<()> {
-    const COLORS: [RGBColor; 6] = [
-        RGBColor(214, 39, 40),
-        RGBColor(31, 119, 180),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-        RGBColor(255, 127, 14),
-        RGBColor(127, 127, 127),
-    ];
     let (mut loss, mut knn, mut drift) = (vec![], vec![], vec![]);
     for (i, (label, metrics)) in runs.iter().enumerate() {
         let records = crate::metrics::read(metrics)?;

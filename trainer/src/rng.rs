@@ -18,6 +18,7 @@ pub enum Purpose {
     LinearOrder = 6,
     LinearAugment = 7,
     Sample = 8,
+    LabelStudy = 9,
 }
 
 pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {

@@ -287,6 +287,17 @@ fn merge_labels_in_the_folder_layout_and_its_refusals() {
     bad("unlabeled/00003.png,zebra\n", "unknown class `zebra`");
     bad("unlabeled/00003.png,7\n", "unknown class `7`");
     bad("", "no labels");
+    // A return cut short is refused; --partial merges what came back.
+    bad(
+        "unlabeled/00003.png,1\n",
+        "3 of the 4 requested images have no label (first: `unlabeled/",
+    );
+    let some = tmp.path().join("partial");
+    let mut args = merge_args(&root, &req, &labels, &some);
+    args.extend(["--partial", "--json"]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(last_json(&o)["train_after"].as_u64(), Some(25));
     fs::write(&labels, "image,label\nunlabeled/00003.png,1\n").unwrap();
     fails_with(&merge_args(&root, &req, &labels, &out), "already exists");
     // A request that does not match the dataset.
@@ -409,4 +420,106 @@ fn merge_labels_appends_stl10_records() {
         [rec(1), rec(2), rec(7), rec(9)].concat()
     );
     assert_eq!(listing(&root), before, "merge-labels changed its input");
+}
+
+/// A small study on the generated data; flags in `extra` replace the defaults of the same name.
+fn study_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let defaults = [
+        ("--starts", "2"),
+        ("--budgets", "0.25,0.5"),
+        ("--seeds", "0,1"),
+        ("--probe-epochs", "3"),
+    ];
+    let mut v: Vec<String> = ["label-study", "--data", &data(), "--random-init", "--arch"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(["resnet18", "--threads", "1", "--quiet", "--out"].map(String::from));
+    v.push(out.display().to_string());
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            v.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn a_label_study_scores_every_request_and_continues_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let requests = [
+        "--requests",
+        "random,random-balanced,entropy,kcenter,balanced",
+    ];
+    let o = run(&study_args(&out, &[requests[0], requests[1], "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = last_json(&o);
+    let results = out.join("results.jsonl");
+    let text = fs::read_to_string(&results).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 2 seeds × (the start + 5 requests × 2 budgets); the pool is 3 × (8 − 2) = 18 images.
+    assert_eq!(records.len(), 22, "{text}");
+    assert_eq!(summary["records"], 22);
+    for r in &records {
+        assert_eq!(r["pool"], 18);
+        let top1 = r["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{r}");
+        let budget = r["budget"].as_u64().unwrap();
+        assert!(r["request"] == "start" || budget == 5 || budget == 9, "{r}");
+        if r["request"] == "random-balanced" {
+            let expect = if budget == 9 { (3, 3) } else { (1, 2) };
+            assert_eq!(
+                (
+                    r["min_per_class"].as_u64().unwrap(),
+                    r["max_per_class"].as_u64().unwrap()
+                ),
+                expect,
+                "{r}"
+            );
+        }
+    }
+    assert!(!out.join("work").exists(), "the work folder is removed");
+    let table = fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(table.contains("| 2 | entropy | 5 (28 %) |"), "{table}");
+    let png = image::open(out.join("label_study.png")).unwrap();
+    assert!(png.width() >= 420, "one panel per start size");
+
+    // Stopped part-way (the last records lost, the one before torn): the same results again.
+    let kept: Vec<&str> = text.lines().take(18).collect();
+    fs::write(
+        &results,
+        format!("{}\n{{\"seed\": 1, \"st", kept.join("\n")),
+    )
+    .unwrap();
+    let o = run(&study_args(&out, &requests));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let without_time = |t: &str| -> Vec<serde_json::Value> {
+        t.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("request_cpu_s");
+                v
+            })
+            .collect()
+    };
+    let again = fs::read_to_string(&results).unwrap();
+    assert_eq!(without_time(&again), without_time(&text));
+}
+
+#[test]
+fn a_label_study_refuses_bad_settings_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    fails_with(&study_args(&out, &["--budgets", "1.5"]), "--budgets 1.5");
+    fails_with(&study_args(&out, &["--starts", "8"]), "leaves no pool");
+    fails_with(&study_args(&out, &["--starts", "0"]), "--starts");
+    fails_with(
+        &study_args(&out, &["--probe-epochs", "0"]),
+        "--probe-epochs",
+    );
 }

@@ -3,26 +3,16 @@
 use anyhow::Result;
 use datasets::layout::Split;
 
-use super::encoder_args::EncoderPrefixArg;
+use super::encoder_args::EncoderSourceArgs;
 use super::eval_args::EvalArgs;
-use super::linear::encoder_source;
 use crate::knn::KnnConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct KnnArgs {
     #[command(flatten)]
     pub io: EvalArgs,
-    /// Backbone to evaluate (`RUN/encoder.safetensors`).
-    #[arg(long, required_unless_present = "random_init")]
-    pub encoder: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub prefix: EncoderPrefixArg,
-    /// Evaluate torchvision's random initialisation instead (the floor); needs --arch.
-    #[arg(long, requires = "arch")]
-    pub random_init: bool,
-    /// The architecture of the random init; with --encoder, the one the file must hold (checked)
-    #[arg(long)]
-    pub arch: Option<models::Arch>,
+    pub encoder: EncoderSourceArgs,
     #[arg(long, default_value = "train")]
     pub bank_split: Split,
     #[arg(long, default_value = "val")]
@@ -44,13 +34,7 @@ impl KnnArgs {
         Ok(KnnConfig {
             data: self.io.source(),
             compute: self.io.compute(),
-            encoder: encoder_source(
-                self.encoder.as_ref(),
-                &self.prefix,
-                self.random_init,
-                self.arch,
-                self.seed,
-            )?,
+            encoder: self.encoder.source(self.seed)?,
             bank: self.bank_split,
             query: self.query_split,
             k: self.k,

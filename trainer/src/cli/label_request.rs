@@ -6,6 +6,7 @@ use datasets::layout::Split;
 
 use super::encoder_args::EncoderPrefixArg;
 use super::eval_args::EvalArgs;
+use crate::encoder::EncoderSource;
 use crate::label_request::{ContrastiveScore, LabelRequestConfig, Strategy};
 
 #[derive(clap::Args, Debug)]
@@ -67,7 +68,7 @@ impl LabelRequestArgs {
         LabelRequestConfig {
             data: self.io.source(),
             compute: self.io.compute(),
-            encoder: self.prefix.file(&self.encoder),
+            encoder: EncoderSource::Pretrained(self.prefix.file(&self.encoder)),
             classifier: self.classifier.clone(),
             pool: self.split,
             labeled: self.labeled_split,

@@ -2,15 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use datasets::layout::Split;
-use models::Arch;
 
-use super::encoder_args::EncoderPrefixArg;
+use super::encoder_args::EncoderSourceArgs;
 use super::eval_args::EvalArgs;
 use super::log_args::TensorboardArgs;
-use crate::encoder::EncoderSource;
 use crate::linear::{LinearConfig, ProbeMode, RAW_LR, STANDARDIZED_LR};
 use crate::optim::EpochDecay;
 
@@ -18,17 +16,8 @@ use crate::optim::EpochDecay;
 pub struct LinearArgs {
     #[command(flatten)]
     pub io: EvalArgs,
-    /// Pretrained backbone (`RUN/encoder.safetensors`).
-    #[arg(long, required_unless_present = "random_init")]
-    pub encoder: Option<PathBuf>,
     #[command(flatten)]
-    pub prefix: EncoderPrefixArg,
-    /// Use torchvision's random initialisation (the floor); needs --arch.
-    #[arg(long, requires = "arch")]
-    pub random_init: bool,
-    /// The architecture of the random init; with --encoder, the one the file must hold (checked)
-    #[arg(long)]
-    pub arch: Option<Arch>,
+    pub encoder: EncoderSourceArgs,
     #[arg(long, default_value = "train")]
     pub train_split: Split,
     #[arg(long, default_value = "val")]
@@ -84,24 +73,6 @@ pub struct LinearArgs {
     pub json: bool,
 }
 
-/// `--encoder PATH [--encoder-prefix P] [--arch A]` or `--random-init --arch A` (with `--seed`).
-/// With a file, `--arch` is what the user expects it to hold: checked when it is loaded.
-pub fn encoder_source(
-    encoder: Option<&PathBuf>,
-    prefix: &EncoderPrefixArg,
-    random_init: bool,
-    arch: Option<Arch>,
-    seed: u64,
-) -> Result<EncoderSource> {
-    match (encoder, arch) {
-        (Some(p), expected) if !random_init => Ok(EncoderSource::Pretrained(
-            prefix.file(p).expecting(expected),
-        )),
-        (_, Some(arch)) => Ok(EncoderSource::RandomInit { arch, seed }),
-        _ => bail!("--random-init needs --arch"),
-    }
-}
-
 impl LinearArgs {
     pub fn to_config(&self) -> Result<LinearConfig> {
         let lr = self.lr.unwrap_or(if self.standardize {
@@ -112,13 +83,7 @@ impl LinearArgs {
         Ok(LinearConfig {
             data: self.io.source(),
             compute: self.io.compute(),
-            encoder: encoder_source(
-                self.encoder.as_ref(),
-                &self.prefix,
-                self.random_init,
-                self.arch,
-                self.seed,
-            )?,
+            encoder: self.encoder.source(self.seed)?,
             train_split: self.train_split,
             val_split: self.val_split,
             out: self.out.clone(),

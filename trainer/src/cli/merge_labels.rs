@@ -33,6 +33,9 @@ pub struct MergeLabelsArgs {
     /// Copy unchanged files instead of hard-linking them.
     #[arg(long)]
     pub copy: bool,
+    /// Merge what came back when some requested images have no label (otherwise refused).
+    #[arg(long)]
+    pub partial: bool,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +52,7 @@ impl MergeLabelsArgs {
             split: self.split,
             train_split: self.train_split,
             copy: self.copy,
+            partial: self.partial,
             progress: !self.json,
         })
     }

@@ -9,6 +9,7 @@ pub mod eval_args;
 pub mod feature_maps;
 pub mod knn;
 pub mod label_request;
+pub mod label_study;
 pub mod linear;
 pub mod log_args;
 pub mod merge_labels;
