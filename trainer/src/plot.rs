@@ -73,6 +73,7 @@ fn panel(
     x_desc: &str,
     curves: &[Curve],
     floor: Option<f64>,
+    legend_at: SeriesLabelPosition,
 ) -> Result<()> {
     let ((x0, x1), (y0, y1)) = bounds(curves, floor);
     // Short x ranges (a few epochs) need a decimal, or neighbouring ticks print alike.
@@ -127,6 +128,7 @@ fn panel(
     if legend {
         chart
             .configure_series_labels()
+            .position(legend_at)
             .label_font(("sans-serif", 13))
             .background_style(WHITE)
             .border_style(BLACK)
@@ -136,8 +138,16 @@ fn panel(
     Ok(())
 }
 
-/// Panels side by side, 420×360 each, into a PNG.
+/// Panels side by side, 420×360 each, into a PNG; the legend at the right's middle.
 fn figure(out: &Path, panels: &[(&str, &str, Vec<Curve>, Option<f64>)]) -> Result<()> {
+    figure_with_legend(out, panels, SeriesLabelPosition::MiddleRight)
+}
+
+fn figure_with_legend(
+    out: &Path,
+    panels: &[(&str, &str, Vec<Curve>, Option<f64>)],
+    legend_at: SeriesLabelPosition,
+) -> Result<()> {
     register_font();
     let (w, h) = (420 * panels.len() as u32, 360u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -146,7 +156,7 @@ fn figure(out: &Path, panels: &[(&str, &str, Vec<Curve>, Option<f64>)]) -> Resul
         root.fill(&WHITE).map_err(plot_err)?;
         let areas = root.split_evenly((1, panels.len()));
         for (area, (title, x, curves, floor)) in areas.iter().zip(panels) {
-            panel(area, title, x, curves, *floor)?;
+            panel(area, title, x, curves, *floor, legend_at.clone())?;
         }
         root.present().map_err(plot_err)?;
     }
@@ -221,7 +231,8 @@ pub fn named_curves(out: &Path, x: &str, panels: &[NamedPanel]) -> Result<()> {
             (title.as_str(), x, curves, None)
         })
         .collect();
-    figure(out, &panels)
+    // Accuracy rising with the budget leaves the upper left empty.
+    figure_with_legend(out, &panels, SeriesLabelPosition::UpperLeft)
 }
 
 /// Several runs against the epoch: loss, kNN top-1 (with the floor) and the drift gap, the

@@ -31,8 +31,11 @@ pub struct LabelRequestArgs {
     /// How many images to request.
     #[arg(long)]
     pub budget: usize,
-    /// How to rank the pool (see each value).
-    #[arg(long, value_enum)]
+    /// How to rank the pool (see each value). Measured with `label-study` on imagenette96
+    /// (three seeds, starts of 50 and 100 labeled images per class, requests of 5 % and 20 % of
+    /// the pool): margin gained the most over a random request on average (+0.6 points; entropy
+    /// and balanced within noise of it), contrastive and kcenter fell below random at 20 %.
+    #[arg(long, value_enum, default_value_t = Strategy::Margin)]
     pub strategy: Strategy,
     /// The ranked request: `rank,index,image,score,predicted,confidence`.
     #[arg(long)]
