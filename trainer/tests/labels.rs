@@ -523,3 +523,42 @@ fn a_label_study_refuses_bad_settings_in_one_line() {
         "--probe-epochs",
     );
 }
+
+fn copy_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_request_from_an_empty_pool_is_refused_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for split in ["train", "val"] {
+        copy_tree(&Path::new(&data()).join(split), &root.join(split));
+    }
+    fs::create_dir_all(root.join("unlabeled")).unwrap();
+    let out = tmp.path().join("r.csv");
+    let args = [
+        "label-request",
+        "--encoder",
+        encoder().to_str().unwrap(),
+        "--data",
+        root.to_str().unwrap(),
+        "--budget",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "1",
+    ];
+    fails_with(&args, "the `unlabeled` split holds no images");
+    assert!(!out.exists());
+}
