@@ -153,8 +153,17 @@ mod tests {
         assert!(top >= 2, "matmul + sum: {top}");
         assert!(all > top, "matmul calls mm inside: {all}");
         drop(counter);
-        let _ = a.matmul(&a);
-        assert_eq!(OpCounter::take(), (0, 0));
+        // Ops that other tests' threads had in flight when counting stopped may still land:
+        // drain them, then dispatch enough that counting on would be unmistakable.
+        let _ = OpCounter::take();
+        for _ in 0..100 {
+            let _ = a.matmul(&a);
+        }
+        let (top, all) = OpCounter::take();
+        assert!(
+            top + all < 20,
+            "counted after the guard: {top} + {all} (on: ≥ 200)"
+        );
     }
 
     #[test]
