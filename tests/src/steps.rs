@@ -235,6 +235,31 @@ pub fn compare_amp(
     })
 }
 
+/// One bf16-autocast step of `run` held to `reference`, then again with the loss planted in bf16,
+/// which the comparison must catch.
+pub fn assert_amp_parity(
+    name: &str,
+    run: impl Fn() -> BTreeMap<String, Tensor>,
+    reference: &BTreeMap<String, Tensor>,
+) {
+    let checks = compare_amp(&run(), reference);
+    let summary = crate::compare::summarize(&checks);
+    eprintln!("{name} parity (CPU bf16 autocast, 1 step): {summary}");
+    assert!(checks.iter().all(|c| c.ok), "{summary}");
+    let _armed = trainer::faults::plant(trainer::amp::LOSS_IN_HALF);
+    let checks = compare_amp(&run(), reference);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    eprintln!(
+        "  planted fault `loss in bf16`: {failed}/{} checks fail; {}",
+        checks.len(),
+        crate::compare::summarize(&checks)
+    );
+    assert!(
+        failed > 0,
+        "the comparison did not catch the loss left in bf16"
+    );
+}
+
 /// Integers that must agree exactly: the queue pointer and BatchNorm's step counts.
 fn is_exact(name: &str) -> bool {
     name.starts_with("ptr_") || name.contains("num_batches_tracked")

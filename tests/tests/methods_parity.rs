@@ -7,8 +7,8 @@
 use moco_tests::compare::summarize;
 use moco_tests::python::run_script;
 use moco_tests::steps::{
-    build, compare, compare_amp, inputs, inputs_map, read_reference, run_rust, run_rust_under,
-    Inputs, AMP_MODE, CPU_BF16, RNG_LOCK,
+    assert_amp_parity, build, compare, inputs, inputs_map, read_reference, run_rust,
+    run_rust_under, Inputs, AMP_MODE, CPU_BF16, RNG_LOCK,
 };
 use models::Arch;
 use tch::Kind;
@@ -232,22 +232,7 @@ fn amp_parity(name: &str, script: &str, bn_splits: i64) {
         let mut method = build(&cfg, bn_splits, BATCH, Kind::Float);
         run_rust_under(method.as_mut(), &optim, &inp, Kind::Float, CPU_BF16)
     };
-    let checks = compare_amp(&run(), &reference);
-    let summary = summarize(&checks);
-    eprintln!("{name} parity (CPU bf16 autocast, 1 step): {summary}");
-    assert!(checks.iter().all(|c| c.ok), "{summary}");
-    let _armed = plant(trainer::amp::LOSS_IN_HALF);
-    let checks = compare_amp(&run(), &reference);
-    let failed = checks.iter().filter(|c| !c.ok).count();
-    eprintln!(
-        "  planted fault `loss in bf16`: {failed}/{} checks fail; {}",
-        checks.len(),
-        summarize(&checks)
-    );
-    assert!(
-        failed > 0,
-        "the comparison did not catch the loss left in bf16"
-    );
+    assert_amp_parity(name, run, &reference);
 }
 
 #[test]

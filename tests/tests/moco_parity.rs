@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use moco_tests::compare::{summarize, Check};
 use moco_tests::python::run_script;
 use moco_tests::steps::{
-    build, compare, compare_amp, inputs, inputs_map, ints, read_reference, run_rust,
+    assert_amp_parity, build, compare, inputs, inputs_map, ints, read_reference, run_rust,
     run_rust_under, Inputs, AMP_MODE, CPU_BF16, DRAW_SEED, RNG_LOCK,
 };
 use models::Arch;
@@ -262,20 +262,5 @@ fn moco_first_step_under_cpu_bf16_autocast_matches_pytorch_amp() {
     )
     .unwrap();
     let reference = read_reference(&out_path);
-    let checks = compare_amp(&run_amp(&cfg, &inp), &reference);
-    let summary = summarize(&checks);
-    eprintln!("mocov2 parity (CPU bf16 autocast, 1 step): {summary}");
-    assert!(checks.iter().all(|c| c.ok), "{summary}");
-    let _armed = plant(trainer::amp::LOSS_IN_HALF);
-    let checks = compare_amp(&run_amp(&cfg, &inp), &reference);
-    let failed = checks.iter().filter(|c| !c.ok).count();
-    eprintln!(
-        "  planted fault `loss in bf16`: {failed}/{} checks fail; {}",
-        checks.len(),
-        summarize(&checks)
-    );
-    assert!(
-        failed > 0,
-        "the comparison did not catch the loss left in bf16"
-    );
+    assert_amp_parity("mocov2", || run_amp(&cfg, &inp), &reference);
 }
