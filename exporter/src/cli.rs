@@ -7,7 +7,7 @@ use models::Arch;
 
 use datasets::Split;
 
-use crate::quantize::Calibration;
+use crate::quantize::{Calibration, KeepFloat};
 use crate::{
     export_quantized, ExportError, ExportOptions, ExportSummary, LoadOptions, QuantizeOptions,
 };
@@ -58,14 +58,20 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 512)]
     pub calibration_images: usize,
     /// How activation ranges are chosen from their histograms: `auto` tries minmax, percentile
-    /// (99.99 %) and mse (least rounding + clipping error) and keeps the model whose top-1 agrees
-    /// best with fp32 on up to 256 other images of the split
+    /// (99.99 %), mse (least rounding + clipping error) and entropy (least KL divergence) and
+    /// keeps the model whose top-1 agrees best with fp32 on up to 256 other images of the split
     #[arg(long, value_enum, default_value = "auto")]
     pub calibration: Calibration,
     /// Refuse (write nothing) when the int8 model's top-1 differs from fp32's on more than this
     /// many percent of the check images
     #[arg(long)]
     pub max_drop: Option<f64>,
+    /// Layers left in float: `auto` quantizes each Conv (and the average pool) alone, ranks them
+    /// by the output error that costs, and keeps up to 3 of the most sensitive in float while
+    /// each makes the model agree with fp32 more often on the check images; `none`; or names
+    /// (`conv1,layer4.1.conv2,avgpool`)
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(KeepFloat))]
+    pub keep_float: KeepFloat,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +103,7 @@ impl ExportArgs {
                 images: self.calibration_images,
                 calibration: self.calibration,
                 max_drop: self.max_drop,
+                keep_float: self.keep_float.clone(),
             }),
             _ => None,
         };
@@ -134,8 +141,12 @@ impl ExportArgs {
                     }
                 )
             });
+            let float = match q.float_layers.as_slice() {
+                [] => String::new(),
+                l => format!(", {} in float", l.join(" ")),
+            };
             format!(
-                ", int8 calibrated ({}) on {} images{agree}",
+                ", int8 calibrated ({}) on {} images{float}{agree}",
                 q.calibration.name(),
                 q.calibration_images
             )

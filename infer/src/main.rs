@@ -166,13 +166,9 @@ fn run(cli: Cli) -> Result<(), InferError> {
             cli.split.name(),
             backend_name.as_str().unwrap_or(""),
             device_name.as_str().unwrap_or(""),
-            match &info.quantization {
-                Some(q) => format!(
-                    ", int8 model, {} calibration",
-                    q["calibration"].as_str().unwrap_or("minmax")
-                ),
-                None => String::new(),
-            },
+            info.quantization
+                .as_ref()
+                .map_or(String::new(), int8_summary),
             ips
         );
         let mut per_class = acc.per_class.clone();
@@ -216,4 +212,21 @@ fn run(cli: Cli) -> Result<(), InferError> {
         println!("{result}");
     }
     Ok(())
+}
+
+/// How an int8 model was made, from its `moco.quantization` metadata: the calibration and the
+/// layers left in float.
+fn int8_summary(q: &serde_json::Value) -> String {
+    let float: Vec<&str> = q["float_layers"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let float = match float.as_slice() {
+        [] => String::new(),
+        l => format!(", {} in float", l.join(" ")),
+    };
+    format!(
+        ", int8 model, {} calibration{float}",
+        q["calibration"].as_str().unwrap_or("minmax")
+    )
 }

@@ -14,7 +14,7 @@ use crate::error::ExportError;
 use crate::onnx_graph::value_info;
 
 /// Ops whose activation inputs are quantized.
-const QUANTIZED_OPS: [&str; 4] = ["Conv", "Add", "MaxPool", "GlobalAveragePool"];
+pub const QUANTIZED_OPS: [&str; 4] = ["Conv", "Add", "MaxPool", "GlobalAveragePool"];
 
 /// At most this many images are held back from calibration to check the int8 model.
 pub const HELD_BACK: usize = 256;

@@ -1,7 +1,7 @@
 //! The QDQ rewrite: QuantizeLinear after every calibrated tensor's producer, one
 //! DequantizeLinear per consumer, Conv weights and biases quantized behind their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
 
@@ -254,10 +254,36 @@ impl Rewrite {
     }
 }
 
-/// Rewrites `g` with `params`; returns how many Conv weights were quantized.
-pub fn rewrite(g: &mut GraphProto, params: HashMap<String, QParams>) -> usize {
+/// `params` less what nothing quantized reads: the pooled output of a GlobalAveragePool kept in
+/// float, and every tensor whose readers are all in `float`.
+fn prune(
+    g: &GraphProto,
+    mut params: HashMap<String, QParams>,
+    float: &HashSet<String>,
+) -> HashMap<String, QParams> {
+    for n in g.node.iter().filter(|n| float.contains(&n.name)) {
+        if n.op_type == "GlobalAveragePool" {
+            params.remove(&n.output[0]);
+        }
+    }
+    params.retain(|t, _| {
+        g.node
+            .iter()
+            .any(|n| !float.contains(&n.name) && n.input.iter().any(|i| i == t))
+    });
+    params
+}
+
+/// Rewrites `g` with `params`, leaving the nodes named in `float` as they are (they read their
+/// inputs unquantized, a Conv keeps its float weights); returns how many activations and how
+/// many Conv weights were quantized.
+pub fn rewrite(
+    g: &mut GraphProto,
+    params: HashMap<String, QParams>,
+    float: &HashSet<String>,
+) -> (usize, usize) {
     let mut r = Rewrite {
-        params,
+        params: prune(g, params, float),
         weights: std::mem::take(&mut g.initializer)
             .into_iter()
             .map(|t| (t.name.clone(), t))
@@ -269,8 +295,11 @@ pub fn rewrite(g: &mut GraphProto, params: HashMap<String, QParams>) -> usize {
     let mut convs = 0;
     for (i, mut n) in std::mem::take(&mut g.node).into_iter().enumerate() {
         let x = n.input[0].clone();
-        r.dequantize_inputs(&mut n, i);
-        if n.op_type == "Conv" {
+        let in_float = float.contains(&n.name);
+        if !in_float {
+            r.dequantize_inputs(&mut n, i);
+        }
+        if n.op_type == "Conv" && !in_float {
             r.quantize_conv(&mut n, &x);
             convs += 1;
         } else {
@@ -280,12 +309,13 @@ pub fn rewrite(g: &mut GraphProto, params: HashMap<String, QParams>) -> usize {
         r.nodes.push(n);
         r.quantize_output(&out);
     }
+    let activations = r.params.len();
     g.node = r.nodes;
     let mut inits: Vec<TensorProto> = r.kept.into_values().collect();
     inits.sort_by(|a, b| a.name.cmp(&b.name));
     inits.extend(r.inits);
     g.initializer = inits;
-    convs
+    (activations, convs)
 }
 
 #[cfg(test)]
