@@ -8,7 +8,8 @@ use models::preprocess::{META_ARCH, META_CLASSES};
 use models::Preprocess;
 use prost::Message;
 use tract_onnx::pb::{
-    tensor_shape_proto::dimension::Value as DimValue, type_proto, GraphProto, ModelProto,
+    tensor_proto::DataType, tensor_shape_proto::dimension::Value as DimValue, type_proto,
+    GraphProto, ModelProto,
 };
 
 use crate::InferError;
@@ -81,6 +82,36 @@ fn check_nodes(graph: &GraphProto) -> Result<(), String> {
     Ok(())
 }
 
+/// The element types tract reads an initializer's raw bytes as (its importer panics on any
+/// other, a string tensor for one): the numeric ones and bool.
+const RAW_TYPES: [DataType; 12] = [
+    DataType::Float,
+    DataType::Uint8,
+    DataType::Int8,
+    DataType::Uint16,
+    DataType::Int16,
+    DataType::Int32,
+    DataType::Int64,
+    DataType::Bool,
+    DataType::Float16,
+    DataType::Double,
+    DataType::Uint32,
+    DataType::Uint64,
+];
+
+fn check_initializers(graph: &GraphProto) -> Result<(), String> {
+    for t in &graph.initializer {
+        if !RAW_TYPES.iter().any(|d| *d as i32 == t.data_type) {
+            let name = DataType::try_from(t.data_type).map_or("unknown", |d| d.as_str_name());
+            return Err(format!(
+                "initializer `{}` holds {name} elements (data type {}); expected numbers",
+                t.name, t.data_type
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `name` is a graph input, an initializer or a node's output (tract's importer panics
 /// on a graph output that is none of these).
 fn produced(graph: &GraphProto, name: &str) -> bool {
@@ -135,6 +166,7 @@ pub fn parse_model_info(bytes: &[u8], path: &Path) -> Result<ModelInfo, InferErr
     }
     let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     check_nodes(graph).map_err(bad)?;
+    check_initializers(graph).map_err(bad)?;
     if let Some(o) = outputs.iter().find(|o| !produced(graph, o)) {
         return Err(bad(format!(
             "output `{o}` is produced by no node, input or initializer"
@@ -173,4 +205,20 @@ pub fn parse_model_info(bytes: &[u8], path: &Path) -> Result<ModelInfo, InferErr
             .get(models::preprocess::META_QUANTIZATION)
             .and_then(|v| serde_json::from_str(v).ok()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_initializer_is_refused_before_tract_sees_it() {
+        // Found by the onnx_model fuzzer: tract-onnx 0.23 panics ("raw tensor loading") on an
+        // initializer of strings given as raw bytes.
+        let bytes = include_bytes!("../../fuzz/corpus/onnx_model/regression-string-initializer");
+        let e = parse_model_info(bytes, Path::new("m.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds STRING elements (data type 8)"), "{e}");
+    }
 }
