@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use datasets::synth::{write_dataset, SynthConfig};
 use datasets::Split;
-use exporter::quantize::KeepFloat;
+use exporter::quantize::{Calibration, KeepFloat};
 use exporter::{export, export_quantized, ExportOptions, LoadOptions, QuantizeOptions};
 use infer::backend::{self, BackendKind, DeviceKind};
 use moco_tests::fixtures::{eval_batch, imagenette};
@@ -55,6 +55,19 @@ fn resnet18_in(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// int8 on 64 train images of `root`, no `--max-drop`.
+fn calibrated_on(root: &Path, calibration: Calibration, keep_float: KeepFloat) -> QuantizeOptions {
+    QuantizeOptions {
+        data: root.to_path_buf(),
+        split: Split::Train,
+        format: None,
+        images: 64,
+        calibration,
+        max_drop: None,
+        keep_float,
+    }
+}
+
 #[test]
 fn int8_export_is_fused_by_onnx_runtime_and_stays_near_fp32() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,15 +76,7 @@ fn int8_export_is_fused_by_onnx_runtime_and_stays_near_fp32() {
     let load = LoadOptions::new(&enc, Some(&cls));
     let (fp32, int8) = (d.join("fp32.onnx"), d.join("int8.onnx"));
     export(&load, ExportOptions::default(), &fp32).unwrap();
-    let q = QuantizeOptions {
-        data: root.clone(),
-        split: Split::Train,
-        format: None,
-        images: 64,
-        calibration: exporter::quantize::Calibration::Auto,
-        max_drop: None,
-        keep_float: KeepFloat::Layers(Vec::new()),
-    };
+    let q = calibrated_on(&root, Calibration::Auto, KeepFloat::Layers(Vec::new()));
     let s = export_quantized(&load, ExportOptions::default(), Some(&q), &int8).unwrap();
     let summary = s.quantization.unwrap();
     assert_eq!((summary.conv_weights, summary.calibration_images), (20, 64));
@@ -158,15 +163,11 @@ fn layers_kept_in_float_are_named_or_found_by_their_sensitivity() {
     let d = dir.path();
     let (enc, cls, root) = resnet18_in(d);
     let load = LoadOptions::new(&enc, Some(&cls));
-    let named = QuantizeOptions {
-        data: root,
-        split: Split::Train,
-        format: None,
-        images: 64,
-        calibration: exporter::quantize::Calibration::MinMax,
-        max_drop: None,
-        keep_float: "conv1,layer2.0.conv1,avgpool".parse().unwrap(),
-    };
+    let named = calibrated_on(
+        &root,
+        Calibration::MinMax,
+        "conv1,layer2.0.conv1,avgpool".parse().unwrap(),
+    );
     let path = d.join("named.onnx");
     let s = export_quantized(&load, ExportOptions::default(), Some(&named), &path).unwrap();
     let q = s.quantization.unwrap();
