@@ -9,12 +9,12 @@ use std::path::Path;
 use models::{Arch, TensorData, TensorMap};
 use models_tch::convert::tensor_to_data;
 use tch::{Device, Kind, Tensor};
-use trainer::amp::Autocast;
 use trainer::augment::{AugConfig, Augmenter};
 use trainer::config::{MethodConfig, OptimConfig};
 use trainer::methods::{self, Build, Method, StepCtx};
-use trainer::optim::{Optimizer, Schedule};
-use trainer::rng::{stream, Purpose};
+use trainer::nn::amp::Autocast;
+use trainer::nn::optim::{Optimizer, Schedule};
+use trainer::runtime::rng::{stream, Purpose};
 use trainer::train::step::{train_step, StepState};
 
 use crate::compare::{check, check_abs, check_rel_l2, Check};
@@ -246,7 +246,7 @@ pub fn assert_amp_parity(
     let summary = crate::compare::summarize(&checks);
     eprintln!("{name} parity (CPU bf16 autocast, 1 step): {summary}");
     assert!(checks.iter().all(|c| c.ok), "{summary}");
-    let _armed = trainer::faults::plant(trainer::amp::LOSS_IN_HALF);
+    let _armed = trainer::runtime::faults::plant(trainer::nn::amp::LOSS_IN_HALF);
     let checks = compare_amp(&run(), reference);
     let failed = checks.iter().filter(|c| !c.ok).count();
     eprintln!(

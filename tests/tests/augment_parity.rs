@@ -13,7 +13,7 @@ use rand::Rng;
 use tch::{Device, Kind, Tensor};
 use trainer::augment::params::{draw_view, resized_crop_box, AugConfig, Jitter, ViewParams};
 use trainer::augment::{ops, Augmenter};
-use trainer::rng::{stream, Purpose};
+use trainer::runtime::rng::{stream, Purpose};
 
 const SIZE: u32 = 96;
 

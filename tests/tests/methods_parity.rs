@@ -13,8 +13,8 @@ use moco_tests::steps::{
 use models::Arch;
 use tch::Kind;
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
-use trainer::faults::{plant, Fault};
-use trainer::optim::MomentumSchedule;
+use trainer::nn::optim::MomentumSchedule;
+use trainer::runtime::faults::{plant, Fault};
 
 const STEPS: usize = 5;
 /// A planted fault shows from the second step at the latest (a wrong update, or a wrong momentum
@@ -168,7 +168,7 @@ fn mocov3_steps_match_pytorch_in_f64_and_catch_planted_faults() {
             ),
             (
                 "LARS scaling biases and BatchNorm",
-                Plant::Code(trainer::optim::LARS_ON_VECTORS),
+                Plant::Code(trainer::nn::optim::LARS_ON_VECTORS),
             ),
         ],
     );
@@ -183,7 +183,7 @@ fn simclr_steps_match_pytorch_in_f64_and_catch_planted_faults() {
         vec![
             (
                 "self-similarity among the negatives",
-                Plant::Code(trainer::loss::UNMASKED_SELF),
+                Plant::Code(trainer::nn::loss::UNMASKED_SELF),
             ),
             (
                 "temperature 0.5 instead of 0.1",

@@ -17,9 +17,9 @@ use moco_tests::steps::{
 use models::Arch;
 use tch::{Kind, Tensor};
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
-use trainer::faults::{plant, Fault};
 use trainer::methods::moco::{self, shuffle_permutations};
-use trainer::optim::OptimizerKind;
+use trainer::nn::optim::OptimizerKind;
+use trainer::runtime::faults::{plant, Fault};
 
 const STEPS: usize = 5;
 const BATCH: usize = 8;

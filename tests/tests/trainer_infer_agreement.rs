@@ -102,7 +102,7 @@ fn agree(linear_flags: &[&str]) {
     ];
     args.extend_from_slice(linear_flags);
     let l = Linear::parse_from(args);
-    let result = trainer::linear::run(&l.a.to_config().unwrap(), Default::default()).unwrap();
+    let result = trainer::eval::linear::run(&l.a.to_config().unwrap(), Default::default()).unwrap();
     exporter::export(
         &exporter::checkpoint::LoadOptions::new(
             &run.join("encoder.safetensors"),

@@ -18,16 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::augment::AugConfig;
-use crate::dist::DistBackend;
-use crate::optim::{MomentumSchedule, OptimizerKind};
+pub use crate::nn::amp::Amp;
+use crate::nn::optim::{MomentumSchedule, OptimizerKind};
+use crate::runtime::dist::DistBackend;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Amp {
-    Off,
-    Bf16,
-    Fp16,
-}
+/// What a CPU bf16 step costs where oneDNN has no native bf16 kernels: measured with oneDNN held
+/// to AVX2 (docs/benchmarks.md, "Mixed precision on the CPU").
+const EMULATED_BF16: &str = "bf16 steps measured 22× slower than float32 there; use --amp off";
 
 /// The tunable numbers of a pretraining run. `None` = not decided yet; [`Recipe::or`] fills the
 /// gaps from a lower-precedence source.
@@ -62,6 +59,16 @@ macro_rules! fill {
 }
 
 impl Recipe {
+    /// What a method's recipe may leave unset: SGD with momentum 0.9, one BatchNorm group.
+    pub fn common() -> Recipe {
+        Recipe {
+            optimizer: Some(OptimizerKind::Sgd),
+            optim_momentum: Some(0.9),
+            bn_splits: Some(1),
+            ..Recipe::default()
+        }
+    }
+
     /// Each unset value taken from `fallback`.
     pub fn or(self, fallback: Recipe) -> Recipe {
         fill!(
@@ -142,19 +149,26 @@ impl DataSource {
 
     /// One split, decoded into (or read from) its store.
     pub fn open(&self, split: Split, progress: bool) -> Result<crate::data::DecodedSplit> {
+        let mut splits = self.open_all(&[split], progress)?;
+        Ok(splits.remove(0))
+    }
+
+    /// Splits in order, each decoded into (or read from) its store: the one way every command
+    /// opens a dataset.
+    pub fn open_all(
+        &self,
+        splits: &[Split],
+        progress: bool,
+    ) -> Result<Vec<crate::data::DecodedSplit>> {
         let cache = self.cache_dir();
-        let splits = crate::data::open_splits(
-            &self.root,
-            &[split],
-            self.format,
-            self.size,
-            &cache,
-            progress,
-        )?;
-        Ok(splits
-            .into_iter()
-            .next()
-            .expect("one split asked, one opened"))
+        splits
+            .iter()
+            .map(|&s| {
+                // Dataset errors start with the flag or the file at fault already.
+                let data = datasets::layout::open(&self.root, s, self.format)?;
+                crate::data::DecodedSplit::open(&data, self.size, &cache, progress)
+            })
+            .collect()
     }
 }
 
@@ -170,7 +184,7 @@ pub struct Compute {
 impl Compute {
     /// Sets the thread count and resolves the device.
     pub fn setup(&self) -> Result<tch::Device> {
-        crate::threads::set(self.threads);
+        crate::runtime::threads::set(self.threads);
         models_tch::parse_device(&self.device).map_err(anyhow::Error::msg)
     }
 
@@ -234,6 +248,9 @@ pub struct RunSettings {
     /// float32 convolutions and matmuls on CUDA without TF32 (`--no-tf32`).
     #[serde(default)]
     pub no_tf32: bool,
+    /// The flags that built this configuration, recorded for `--config` (empty in-process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_line: Vec<String>,
 }
 
 /// Everything `pretrain` needs, every number decided.
@@ -261,6 +278,12 @@ pub struct PretrainConfig {
 }
 
 impl PretrainConfig {
+    /// This configuration with the flags that built it, for config.json.
+    pub fn recorded(mut self, command_line: Vec<String>) -> Self {
+        self.run.command_line = command_line;
+        self
+    }
+
     /// The checks that need no data: batch, BN groups, queue and world size fit together.
     pub fn validate(&self, world: usize) -> Result<()> {
         let (b, s) = (self.batch_size, self.bn_splits);
@@ -273,8 +296,43 @@ impl PretrainConfig {
                  (each rank takes an equal share of the batch and of its BN groups)"
             );
         }
+        self.augmentation.check()?;
         if self.float64 && (self.amp != Amp::Off || self.knn.is_some()) {
             bail!("--float64 is a check mode: use it with --amp off and --no-knn");
+        }
+        Ok(())
+    }
+
+    /// The run's length in steps, once the data is open: the checks that need the images.
+    pub fn total_steps(&self, images: usize, steps_per_epoch: u64) -> Result<u64> {
+        if self.batch_size > images {
+            bail!(
+                "--batch-size {} is larger than the {images} pretraining images",
+                self.batch_size
+            );
+        }
+        let total = match self.length {
+            Length::Steps(s) => s,
+            Length::Epochs(e) => e * steps_per_epoch,
+        };
+        if total == 0 {
+            bail!("--steps/--epochs: nothing to train");
+        }
+        Ok(total)
+    }
+
+    /// The checks that need the device: `--amp` where it has kernels.
+    pub fn validate_device(&self, device: tch::Device) -> Result<()> {
+        match (self.amp, device.is_cuda()) {
+            (Amp::Fp16, false) => {
+                bail!("--amp fp16: float16 autocast is a CUDA mode; on the CPU use --amp bf16")
+            }
+            (Amp::Bf16, false) => {
+                if let Some(why) = crate::runtime::isa::no_native_bf16() {
+                    bail!("--amp bf16: {why}: {EMULATED_BF16}");
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ fn ok(args: &[String]) -> std::process::Output {
 }
 
 fn native_bf16() -> bool {
-    if let Some(why) = trainer::isa::no_native_bf16() {
+    if let Some(why) = trainer::runtime::isa::no_native_bf16() {
         eprintln!("skipped: {why}");
         return false;
     }

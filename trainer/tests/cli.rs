@@ -724,3 +724,55 @@ fn the_small_data_preset_fills_only_the_unset_flags() {
         (Some(16), Some(2))
     );
 }
+
+/// `--config RUN/config.json` repeats a run: the same encoder and classifier, byte for byte, from
+/// the recorded flags; a flag given again overrides the recorded one; a foreign file is refused.
+#[test]
+fn a_run_repeated_from_its_config_writes_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, again) = (tmp.path().join("first"), tmp.path().join("again"));
+    let o = run(&pretrain_args(&first, &["--steps", "3", "--lr", "0.1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = first.join("config.json").display().to_string();
+    let again_s = again.display().to_string();
+    let o = run(&["pretrain", "--config", &config, "--out", &again_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = |p: PathBuf| std::fs::read(p).unwrap();
+    let encoder = |r: &Path| bytes(r.join("encoder.safetensors"));
+    assert!(encoder(&first) == encoder(&again), "the repeat differs");
+    let read = |r: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(r.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(read(&first)["algorithm"], read(&again)["algorithm"]);
+    // A flag given now wins over the recorded one.
+    let other = tmp.path().join("other");
+    let other_s = other.display().to_string();
+    let o = run(&[
+        "pretrain", "--config", &config, "--out", &other_s, "--steps", "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(&other)["algorithm"]["total_steps"], 2);
+    assert_eq!(read(&other)["algorithm"]["optimizer"]["lr"], 0.1);
+    // linear the same way.
+    let (lin, lin_again) = (tmp.path().join("lin"), tmp.path().join("lin-again"));
+    let enc = first.join("encoder.safetensors");
+    let o = run(&linear_args(&enc, &lin, &["--fast", "--epochs", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lin_config = lin.join("config.json").display().to_string();
+    let lin_again_s = lin_again.display().to_string();
+    let o = run(&["linear", "--config", &lin_config, "--out", &lin_again_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let classifier = |r: &Path| bytes(r.join("classifier.safetensors"));
+    assert!(
+        classifier(&lin) == classifier(&lin_again),
+        "the repeat differs"
+    );
+    fails_with(
+        &["pretrain", "--config", &lin_config, "--out", &other_s],
+        "written by `moco-train linear`, not `pretrain`",
+    );
+    fails_with(
+        &["pretrain", "--config", "/nonexistent/config.json"],
+        "--config /nonexistent/config.json: cannot read",
+    );
+}

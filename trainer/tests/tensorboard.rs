@@ -22,7 +22,7 @@ fn read_tensorboard(dir: &Path) -> Value {
 }
 
 fn metrics(run: &Path) -> Vec<Value> {
-    trainer::metrics::read(&run.join("metrics.jsonl")).unwrap()
+    trainer::observe::metrics::read(&run.join("metrics.jsonl")).unwrap()
 }
 
 /// Every number of every record (its step and wall time aside) is the scalar `{section}/{key}`

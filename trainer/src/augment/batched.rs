@@ -206,7 +206,7 @@ fn upload(all: &[&ViewParams], device: Device) -> Vec<Tensor> {
         .flat_map(|c| rows.iter().map(move |r| r[c]))
         .collect();
     let host = Tensor::from_slice(&packed).view([col::WIDTH_ALL as i64, -1, 1, 1, 1]);
-    crate::counters::upload_async(&host, device).unbind(0)
+    crate::runtime::counters::upload_async(&host, device).unbind(0)
 }
 
 fn colour_stage(x: Tensor, cols: &[Tensor], u: &Uses, k: &Consts) -> Tensor {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::ops::gaussian_kernel;
 use super::params::ViewParams;
-use crate::isa::{multiversioned, IsaPath};
+use crate::runtime::isa::{multiversioned, IsaPath};
 
 /// `reflect` padding index (PyTorch's: the edge is not repeated).
 fn reflect(i: isize, len: isize) -> usize {
@@ -110,7 +110,7 @@ mod tests {
             crate::augment::ops::gaussian_blur(s, &sigmas, 13)
         });
         let run = |path, buf: &mut [f32]| blur_on(path, buf, 96, 96, &p, 13);
-        for (path, d) in crate::isa::max_diff_on_every_path(&x, &want, run) {
+        for (path, d) in crate::runtime::isa::max_diff_on_every_path(&x, &want, run) {
             eprintln!("blur, {}: max |Δ| {d:.2e}", path.name());
             assert!(d < 1e-6, "{}: host blur differs by {d}", path.name());
         }

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::params::{Jitter, ViewParams};
-use crate::isa::{multiversioned, IsaPath};
+use crate::runtime::isa::{multiversioned, IsaPath};
 
 const GRAY: [f32; 3] = [0.2989, 0.587, 0.114];
 
@@ -161,7 +161,7 @@ mod tests {
         let x = Tensor::rand([32, 3, 48, 48], (Kind::Float, Device::Cpu));
         let want = crate::augment::batched::colour(&x, &p, &Default::default());
         let run = |path, buf: &mut [f32]| jitter_and_grayscale_on(path, buf, 48 * 48, &p);
-        for (path, d) in crate::isa::max_diff_on_every_path(&x, &want, run) {
+        for (path, d) in crate::runtime::isa::max_diff_on_every_path(&x, &want, run) {
             eprintln!("colour, {}: max |Δ| {d:.2e}", path.name());
             assert!(d < 1e-5, "{}: host colour differs by {d}", path.name());
         }

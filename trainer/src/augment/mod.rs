@@ -84,11 +84,11 @@ impl Augmenter {
                 )
             })
             .collect();
-        let parts: Vec<Tensor> = crate::threads::with_single_thread_workers(|| {
+        let parts: Vec<Tensor> = crate::runtime::threads::with_single_thread_workers(|| {
             tasks
                 .into_par_iter()
                 .map(|(x, p, stats)| {
-                    crate::threads::single_in_this_thread();
+                    crate::runtime::threads::single_in_this_thread();
                     let v = cpu_views_01(&x, p, size);
                     match stats {
                         Some((mean, std)) => (v - mean) / std,

@@ -110,6 +110,20 @@ impl AugConfig {
         }
     }
 
+    /// Views big enough for a ResNet (`--crop`, `--crop-from`).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let small = |flag: &str, side: u32| {
+            anyhow::anyhow!("{flag} {side}: views must be at least {MIN_VIEW} pixels on a side")
+        };
+        if self.size < MIN_VIEW {
+            return Err(small("--crop", self.size));
+        }
+        match self.size_from {
+            Some(from) if from < MIN_VIEW => Err(small("--crop-from", from)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn linear(size: u32) -> Self {
         AugConfig {
             scale: (0.08, 1.0),
@@ -120,6 +134,9 @@ impl AugConfig {
         }
     }
 }
+
+/// ResNet's stem and four stages downsample by 32: a smaller view has no spatial map left.
+pub const MIN_VIEW: u32 = 32;
 
 /// Steps of progressive resizing: view sides are multiples of this.
 pub const SIZE_STEP: u32 = 8;
@@ -229,7 +246,7 @@ pub fn draw_view(rng: &mut impl Rng, cfg: &AugConfig, height: u32, width: u32) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::{stream, Purpose};
+    use crate::runtime::rng::{stream, Purpose};
 
     #[test]
     fn crops_stay_inside_and_cover_the_scale_range() {

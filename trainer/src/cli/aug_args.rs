@@ -1,7 +1,7 @@
 //! The flags that shape the augmentations (`pretrain`, `preview-augment`): the view size and the parts that
 //! can be switched off, each alone, to measure what it contributes.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::augment::params::Disabled;
 use crate::augment::AugConfig;
@@ -33,17 +33,12 @@ pub struct AugArgs {
     pub no_flip: bool,
 }
 
-/// ResNet's stem and four stages downsample by 32: a smaller view has no spatial map left.
-pub const MIN_CROP: u32 = 32;
-
 impl AugArgs {
     /// aug+ for images of side `size`, with these flags applied.
     pub fn config(&self, size: u32) -> Result<AugConfig> {
-        let crop = self.crop.unwrap_or(size);
-        if crop < MIN_CROP {
-            bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
-        }
-        Ok(self.apply(AugConfig::mocov2(crop)))
+        let aug = self.apply(AugConfig::mocov2(self.crop.unwrap_or(size)));
+        aug.check()?;
+        Ok(aug)
     }
 
     /// `base` with the parts these flags switch off removed, and `--crop-from`.

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use datasets::layout::Format;
 
-use crate::bench::BenchDataConfig;
+use crate::config::DataSource;
+use crate::train::bench_data::BenchDataConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchDataArgs {
@@ -32,14 +33,17 @@ pub struct BenchDataArgs {
 impl BenchDataArgs {
     pub fn to_config(&self) -> anyhow::Result<BenchDataConfig> {
         Ok(BenchDataConfig {
-            data: self.data.clone(),
+            data: DataSource {
+                root: self.data.clone(),
+                format: self.format,
+                size: 96,
+                cache_dir: self.cache_dir.clone(),
+            },
             splits: self.splits.clone(),
-            format: self.format,
             batch_size: self.batch_size,
             batches: self.batches,
             threads: self.threads,
             device: self.device.clone(),
-            cache_dir: self.cache_dir.clone(),
             progress: !self.json,
         })
     }

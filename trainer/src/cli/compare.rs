@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::compare::{CompareConfig, Precision};
+use crate::train::compare::{CompareConfig, Precision};
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {

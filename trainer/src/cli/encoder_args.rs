@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use models::{Arch, EncoderFile};
 
-use crate::encoder::EncoderSource;
+use crate::nn::encoder::EncoderSource;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EncoderPrefixArg {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::encoder_args::EncoderPrefixArg;
-use crate::feature_maps::FeatureMapsConfig;
+use crate::eval::feature_maps::FeatureMapsConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct FeatureMapsArgs {

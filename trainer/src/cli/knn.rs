@@ -5,7 +5,7 @@ use datasets::layout::Split;
 
 use super::encoder_args::EncoderSourceArgs;
 use super::eval_args::EvalArgs;
-use crate::knn::KnnConfig;
+use crate::eval::knn::KnnConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct KnnArgs {

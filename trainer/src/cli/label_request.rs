@@ -6,8 +6,8 @@ use datasets::layout::Split;
 
 use super::encoder_args::EncoderPrefixArg;
 use super::eval_args::EvalArgs;
-use crate::encoder::EncoderSource;
-use crate::label_request::{ContrastiveScore, LabelRequestConfig, Strategy};
+use crate::labels::request::{ContrastiveScore, LabelRequestConfig, Strategy};
+use crate::nn::encoder::EncoderSource;
 
 #[derive(clap::Args, Debug)]
 pub struct LabelRequestArgs {

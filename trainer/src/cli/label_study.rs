@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::encoder_args::EncoderSourceArgs;
 use super::eval_args::EvalArgs;
-use crate::label_study::{LabelStudyConfig, ProbeSettings, Request};
+use crate::labels::study::{LabelStudyConfig, ProbeSettings, Request};
 
 #[derive(clap::Args, Debug)]
 pub struct LabelStudyArgs {

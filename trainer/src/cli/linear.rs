@@ -9,8 +9,8 @@ use datasets::layout::Split;
 use super::encoder_args::EncoderSourceArgs;
 use super::eval_args::EvalArgs;
 use super::log_args::TensorboardArgs;
-use crate::linear::{LinearConfig, ProbeMode, RAW_LR, STANDARDIZED_LR};
-use crate::optim::EpochDecay;
+use crate::eval::linear::{LinearConfig, ProbeMode, RAW_LR, STANDARDIZED_LR};
+use crate::nn::optim::EpochDecay;
 
 #[derive(Args, Debug, Clone)]
 pub struct LinearArgs {
@@ -22,6 +22,10 @@ pub struct LinearArgs {
     pub train_split: Split,
     #[arg(long, default_value = "val")]
     pub val_split: Split,
+    /// Repeat a run: the flags recorded in its config.json (`RUN/config.json`), each flag given
+    /// here overriding the recorded one.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    pub config: Option<PathBuf>,
     /// Output directory: classifier.safetensors (last), classifier_best.safetensors,
     /// metrics.jsonl, config.json, val_predictions.csv.
     #[arg(long)]
@@ -81,6 +85,7 @@ impl LinearArgs {
             RAW_LR
         });
         Ok(LinearConfig {
+            command_line: Vec::new(),
             data: self.io.source(),
             compute: self.io.compute(),
             encoder: self.encoder.source(self.seed)?,

@@ -3,7 +3,9 @@
 
 pub mod aug_args;
 pub mod bench;
+pub mod command;
 pub mod compare;
+pub mod config_file;
 pub mod encoder_args;
 pub mod eval_args;
 pub mod feature_maps;
@@ -13,5 +15,8 @@ pub mod label_study;
 pub mod linear;
 pub mod log_args;
 pub mod merge_labels;
+pub mod methods;
+pub mod plot;
 pub mod pretrain;
 pub mod preview;
+pub mod synth;

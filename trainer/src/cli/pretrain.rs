@@ -4,20 +4,20 @@
 use super::log_args::TensorboardArgs;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use datasets::layout::Split;
 use models::Arch;
 
-use super::aug_args::{AugArgs, MIN_CROP};
+use super::aug_args::AugArgs;
 use super::eval_args::EvalArgs;
 use crate::config::{
     Amp, KnnMonitorConfig, Length, OptimConfig, PretrainConfig, Recipe, RunSettings,
 };
-use crate::dist::DistBackend;
 use crate::methods;
-use crate::optim::OptimizerKind;
+use crate::nn::optim::OptimizerKind;
 use crate::preset::Preset;
+use crate::runtime::dist::DistBackend;
 
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
@@ -38,6 +38,10 @@ pub struct PretrainArgs {
     /// Splits whose images are pretrained on (labels ignored), comma-separated.
     #[arg(long, default_value = "unlabeled,train")]
     pub splits: String,
+    /// Repeat a run: the flags recorded in its config.json (`RUN/config.json`), each flag given
+    /// here overriding the recorded one.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    pub config: Option<PathBuf>,
     /// Run directory: encoder.safetensors, metrics.jsonl, config.json, checkpoints/.
     #[arg(long)]
     pub out: PathBuf,
@@ -200,7 +204,7 @@ impl PretrainArgs {
         if let Some(p) = self.preset {
             r = r.or(p.recipe(&self.method, self.batch_size)?);
         }
-        Ok(r.or((entry.recipe)(self.arch)))
+        Ok(r.or((entry.recipe)(self.arch)).or(Recipe::common()))
     }
 
     /// The whole configuration, every number decided.
@@ -208,32 +212,24 @@ impl PretrainArgs {
         let entry = methods::find(&self.method)?;
         let r = self.recipe()?;
         let crop = r.crop.unwrap_or(self.io.size);
-        if crop < MIN_CROP {
-            bail!("--crop {crop}: views must be at least {MIN_CROP} pixels on a side");
-        }
-        if let Some(from) = self.aug.crop_from.filter(|&f| f < MIN_CROP) {
-            bail!("--crop-from {from}: views must be at least {MIN_CROP} pixels on a side");
-        }
         let splits = crate::data::parse_splits(&self.splits)
             .map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
-        let need = |v: Option<f64>, flag: &str| {
-            v.ok_or_else(|| anyhow::anyhow!("{flag}: {} has no default", self.method))
-        };
+        let m = &self.method;
         Ok(PretrainConfig {
             data: self.io.source(),
             splits,
             arch: self.arch,
             method: (entry.config)(&r, self.arch)?,
             optim: OptimConfig {
-                kind: r.optimizer.unwrap_or(OptimizerKind::Sgd),
-                lr: need(r.lr, "--lr")?,
-                weight_decay: need(r.weight_decay, "--weight-decay")?,
-                momentum: r.optim_momentum.unwrap_or(0.9),
+                kind: decided(r.optimizer, "--optimizer", m)?,
+                lr: decided(r.lr, "--lr", m)?,
+                weight_decay: decided(r.weight_decay, "--weight-decay", m)?,
+                momentum: decided(r.optim_momentum, "--sgd-momentum", m)?,
                 warmup_steps: self.warmup_steps,
                 cosine: !self.no_cosine,
             },
             batch_size: self.batch_size,
-            bn_splits: r.bn_splits.unwrap_or(1),
+            bn_splits: decided(r.bn_splits, "--bn-splits", m)?,
             length: match self.steps {
                 Some(s) => Length::Steps(s),
                 None => Length::Epochs(self.epochs),
@@ -250,6 +246,7 @@ impl PretrainArgs {
                 every: self.knn_every,
             }),
             run: RunSettings {
+                command_line: Vec::new(),
                 out: self.out.clone(),
                 compute: self.io.compute(),
                 dist_backend: self.dist_backend,
@@ -270,6 +267,11 @@ impl PretrainArgs {
             },
         })
     }
+}
+
+/// A value every layer of the recipe left unset: an error naming the flag.
+fn decided<T>(v: Option<T>, flag: &str, method: &str) -> Result<T> {
+    v.ok_or_else(|| anyhow::anyhow!("{flag}: {method} has no default"))
 }
 
 #[cfg(test)]
@@ -332,7 +334,7 @@ mod tests {
         assert!(v3.method.predictor.is_some() && v3.method.queue_size == 0);
         assert_eq!(
             v3.method.momentum_schedule,
-            crate::optim::MomentumSchedule::Cosine
+            crate::nn::optim::MomentumSchedule::Cosine
         );
         let err = Cli::parse_from([
             "x",

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use datasets::layout::{Format, Split};
 
-use crate::preview::PreviewConfig;
+use crate::config::DataSource;
+use crate::observe::preview::PreviewConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct PreviewArgs {
@@ -36,14 +37,16 @@ pub struct PreviewArgs {
 impl PreviewArgs {
     pub fn to_config(&self) -> anyhow::Result<PreviewConfig> {
         Ok(PreviewConfig {
-            data: self.data.clone(),
+            data: DataSource {
+                root: self.data.clone(),
+                format: self.format,
+                size: self.size,
+                cache_dir: self.cache_dir.clone(),
+            },
             split: self.split,
-            format: self.format,
             out: self.out.clone(),
             n: self.n,
             seed: self.seed,
-            size: self.size,
-            cache_dir: self.cache_dir.clone(),
             aug: self.aug.config(self.size)?,
             progress: !self.json,
         })

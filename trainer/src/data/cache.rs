@@ -14,23 +14,19 @@
 //! replaced under the same name is rebuilt), and the space is reserved before the build starts
 //! (a full disk is an error naming the store, not a SIGBUS in the middle of it).
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use datasets::layout::{ImageSource, SplitData};
-use datasets::transform::eval_crop;
+use datasets::layout::SplitData;
 use memmap2::{Advice, Mmap, UncheckedAdvice};
-use models::Preprocess;
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-const MAGIC: &[u8; 8] = b"MOCODEC1";
-const HEADER: usize = 64;
+use super::build::build;
+use super::format::{fingerprint, header, HEADER};
+use super::guard::{map_if_valid, wait_for, Access};
 
 /// A split decoded to `size×size` RGB: shorter side resized to `size` (Pillow bilinear), then
 /// center-cropped — exactly the eval transform for `resize = crop = size`, and a no-op for the
@@ -55,47 +51,6 @@ pub fn default_cache_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
     PathBuf::from(home).join(".cache").join("moco-rs")
-}
-
-fn fingerprint(split: &SplitData, size: u32) -> Result<[u8; 32]> {
-    let mut h = Sha256::new();
-    h.update(format!(
-        "{:?}|{:?}|{size}|{}\n",
-        split.format,
-        split.split,
-        split.samples.len()
-    ));
-    let mut stats: HashMap<PathBuf, (u64, i128)> = HashMap::new();
-    let mut stat = |p: &Path| -> Result<(u64, i128)> {
-        if let Some(s) = stats.get(p) {
-            return Ok(*s);
-        }
-        let m = fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        Ok(*stats.entry(p.to_path_buf()).or_insert((m.len(), mtime)))
-    };
-    for s in &split.samples {
-        let (p, index) = match &s.source {
-            ImageSource::File(p) => (p.as_path(), 0),
-            ImageSource::Stl10 { file, index } => (file.as_path(), *index),
-        };
-        let (len, mtime) = stat(p)?;
-        h.update(format!("{}|{index}|{len}|{mtime}\n", p.display()));
-    }
-    Ok(h.finalize().into())
-}
-
-fn header(size: u32, n: usize, fp: &[u8; 32]) -> [u8; HEADER] {
-    let mut b = [0u8; HEADER];
-    b[..8].copy_from_slice(MAGIC);
-    b[8..12].copy_from_slice(&size.to_le_bytes());
-    b[16..24].copy_from_slice(&(n as u64).to_le_bytes());
-    b[24..56].copy_from_slice(fp);
-    b
 }
 
 impl DecodedSplit {
@@ -221,254 +176,12 @@ impl DecodedSplit {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Access {
-    Read,
-    Build,
-}
-
-/// The store's lock file taken for `access`, saying so when another process makes this one wait.
-fn wait_for(lock_path: &Path, store: &Path, access: Access) -> Result<atomic_io::lock::FileLock> {
-    use atomic_io::lock;
-    let ctx = || format!("{}: cannot lock the decoded store", lock_path.display());
-    let now = match access {
-        Access::Read => lock::try_lock_shared(lock_path),
-        Access::Build => lock::try_lock(lock_path),
-    };
-    if let Some(l) = now.with_context(ctx)? {
-        return Ok(l);
-    }
-    match access {
-        Access::Read => eprintln!(
-            "waiting for another process (pid {}) building {}",
-            lock::holder(lock_path).map_or("?".into(), |p| p.to_string()),
-            store.display()
-        ),
-        Access::Build => eprintln!("waiting for another process using {}", store.display()),
-    }
-    match access {
-        Access::Read => lock::lock_shared(lock_path),
-        Access::Build => lock::lock(lock_path),
-    }
-    .with_context(ctx)
-}
-
-/// The identity of a store file as its builder left it: device, inode, length and modification
-/// time, kept in `<store>.stamp`. A store replaced under the same name (another inode) or
-/// rewritten in place (another mtime) no longer matches, even with the same length and header.
-fn stamp(meta: &fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    format!(
-        "{} {} {} {}.{:09}\n",
-        meta.dev(),
-        meta.ino(),
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    )
-}
-
-fn stamp_path(store: &Path) -> PathBuf {
-    store.with_extension("stamp")
-}
-
-/// The store mapped when the file at `path` has the wanted length and header and is the file
-/// its builder stamped, read from the open file before it is mapped (a mapping of a truncated
-/// file is a SIGBUS at the first touch past its end); `None` when it is missing, another store,
-/// or changed since it was built.
-fn map_if_valid(path: &Path, want: &[u8; HEADER], len: u64) -> Result<Option<Mmap>> {
-    let Ok(mut f) = File::open(path) else {
-        return Ok(None);
-    };
-    let Ok(meta) = f.metadata() else {
-        return Ok(None);
-    };
-    let mut head = [0u8; HEADER];
-    let whole = meta.len() == len
-        && std::io::Read::read_exact(&mut f, &mut head).is_ok()
-        && head == *want
-        && fs::read_to_string(stamp_path(path)).is_ok_and(|s| s == stamp(&meta));
-    if !whole {
-        return Ok(None);
-    }
-    // SAFETY: the file has the checked length; stores are replaced by rename, never rewritten
-    // in place, so the mapped inode keeps its length while it is mapped.
-    let map = unsafe { Mmap::map(&f) }
-        .with_context(|| format!("{}: cannot map the decoded store", path.display()))?;
-    Ok(Some(map))
-}
-
-/// Temp files of builds killed half-way (only the holder of the store's lock builds, so any
-/// other temp file of this store is one).
-fn remove_killed_builds(path: &Path) {
-    let Some(stem) = path
-        .file_stem()
-        .map(|s| format!("{}.tmp-", s.to_string_lossy()))
-    else {
-        return;
-    };
-    let Ok(entries) = fs::read_dir(atomic_io::parent_dir(path)) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&stem) {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Fails before the build when the cache folder's filesystem cannot take `len` more bytes.
-fn check_space(path: &Path, len: u64) -> Result<()> {
-    let dir = atomic_io::parent_dir(path);
-    if let Ok(free) = atomic_io::space::available(&dir) {
-        if free < len {
-            bail!(
-                "{}: the decoded store needs {} and {} has {} free; free space or point \
-                 --cache-dir (MOCO_CACHE_DIR) at a larger disk",
-                path.display(),
-                atomic_io::space::human(len),
-                dir.display(),
-                atomic_io::space::human(free)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Images decoded in parallel before one positioned write: 1,024 × 27 KB at 96 px. The store is
-/// written with `pwrite`, not through a writable map, so the build holds one chunk of memory
-/// (a map would count every written page, 14 GB for 512,000 images, in the resident set) and a
-/// failed write is an error naming the store rather than a SIGBUS.
-const BUILD_CHUNK: usize = 1024;
-
-/// Files read (and decoded) at once while a store is built. Small image files on a cold page
-/// cache make the build wait on the disk, one read per thread: measured on this project's
-/// 2-core machine, 2 readers fetched 206 PNGs/s and 16 fetched 2,400/s, while decoding alone
-/// runs at ≈ 12,000/s. More threads than cores cost nothing when the files are cached.
-const READERS: usize = 16;
-
-/// Decodes `samples` into consecutive `img_bytes` slots of `buf`; the first failure is returned.
-fn decode_into(
-    samples: &[datasets::Sample],
-    pre: &Preprocess,
-    buf: &mut [u8],
-    img_bytes: usize,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    buf.par_chunks_mut(img_bytes)
-        .zip(samples.par_iter())
-        .try_for_each(|(slot, sample)| -> Result<()> {
-            let img = datasets::decode::load(&sample.source)?;
-            slot.copy_from_slice(eval_crop(img, pre).as_raw());
-            bar.inc(1);
-            Ok(())
-        })
-}
-
-fn build(split: &SplitData, size: u32, path: &Path, header: &[u8], progress: bool) -> Result<()> {
-    let n = split.samples.len();
-    let img_bytes = (size * size * 3) as usize;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let total = (HEADER + n * img_bytes) as u64;
-    remove_killed_builds(path);
-    check_space(path, total)?;
-    let result = (|| -> Result<()> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| format!("{}: cannot create the decoded store", tmp.display()))?;
-        atomic_io::space::reserve(&f, total).with_context(|| {
-            format!(
-                "{}: cannot reserve {} for the decoded store",
-                tmp.display(),
-                atomic_io::space::human(total)
-            )
-        })?;
-        let bar = crate::progress::bar(
-            n as u64,
-            &format!("decoding {} ({n} images)", split.split.name()),
-            progress,
-        );
-        let pre = Preprocess {
-            resize: size,
-            crop: size,
-            ..Preprocess::default()
-        };
-        let ctx = || format!("{}: cannot write the decoded store", tmp.display());
-        let readers = rayon::ThreadPoolBuilder::new()
-            .num_threads(READERS.max(rayon::current_num_threads()))
-            .build()
-            .context("cannot start the decoding threads")?;
-        let mut buf = vec![0u8; BUILD_CHUNK * img_bytes];
-        for (c, samples) in split.samples.chunks(BUILD_CHUNK).enumerate() {
-            let buf = &mut buf[..samples.len() * img_bytes];
-            readers.install(|| decode_into(samples, &pre, buf, img_bytes, &bar))?;
-            let at = (HEADER + c * BUILD_CHUNK * img_bytes) as u64;
-            f.write_all_at(buf, at).with_context(ctx)?;
-        }
-        bar.finish_and_clear();
-        f.write_all_at(header, 0).with_context(ctx)?;
-        f.sync_all().with_context(ctx)?;
-        fs::rename(&tmp, path).with_context(ctx)?;
-        let built = fs::metadata(path).with_context(ctx)?;
-        atomic_io::write_atomic(&stamp_path(path), stamp(&built).as_bytes())
-            .with_context(|| format!("{}: cannot stamp the decoded store", path.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Several decoded splits seen as one list of images (pretraining reads `unlabeled,train`).
-pub struct ImageBank {
-    pub splits: Vec<DecodedSplit>,
-    offsets: Vec<usize>,
-}
-
-impl ImageBank {
-    /// Pretraining's images: read in a shuffled order (see [`DecodedSplit::expect_random_reads`]).
-    pub fn new(splits: Vec<DecodedSplit>) -> Self {
-        let mut offsets = vec![0];
-        for s in &splits {
-            s.expect_random_reads();
-            offsets.push(offsets.last().unwrap() + s.n);
-        }
-        ImageBank { splits, offsets }
-    }
-
-    pub fn len(&self) -> usize {
-        *self.offsets.last().unwrap()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn size(&self) -> u32 {
-        self.splits[0].size
-    }
-
-    fn locate(&self, i: usize) -> (usize, usize) {
-        let s = self.offsets.partition_point(|&o| o <= i) - 1;
-        (s, i - self.offsets[s])
-    }
-
-    pub fn image(&self, i: usize) -> &[u8] {
-        let (s, j) = self.locate(i);
-        self.splits[s].image(j)
-    }
-
-    pub fn batch(&self, idx: &[usize]) -> Tensor {
-        nchw_batch(idx.iter().map(|&i| self.image(i)), idx.len(), self.size())
-    }
-}
-
 /// HWC images → one uint8 `[N,3,size,size]` tensor.
-fn nchw_batch<'a>(images: impl Iterator<Item = &'a [u8]>, n: usize, size: u32) -> Tensor {
+pub(super) fn nchw_batch<'a>(
+    images: impl Iterator<Item = &'a [u8]>,
+    n: usize,
+    size: u32,
+) -> Tensor {
     let s = size as i64;
     let mut buf = Vec::with_capacity(n * (s * s * 3) as usize);
     for img in images {
@@ -483,7 +196,9 @@ fn nchw_batch<'a>(images: impl Iterator<Item = &'a [u8]>, n: usize, size: u32) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datasets::layout::Split;
+    use datasets::layout::{ImageSource, Split};
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     fn small_dataset(dir: &Path) -> PathBuf {
         let root = dir.join("data");

@@ -1,33 +1,16 @@
 //! Datasets for training: the layouts of SPEC (through the `datasets` crate), decoded once into
 //! memory-mapped stores.
 
+mod bank;
+mod build;
 pub mod cache;
+mod format;
+mod guard;
 
-use std::path::Path;
+use datasets::layout::Split;
 
-use anyhow::Result;
-use datasets::layout::{Format, Split};
-
-pub use cache::{default_cache_dir, DecodedSplit, ImageBank};
-
-/// Reads `splits` of `root` and opens (or builds) their decoded stores.
-pub fn open_splits(
-    root: &Path,
-    splits: &[Split],
-    format: Option<Format>,
-    size: u32,
-    cache_dir: &Path,
-    progress: bool,
-) -> Result<Vec<DecodedSplit>> {
-    splits
-        .iter()
-        .map(|&s| {
-            // Dataset errors start with the flag or the file at fault already.
-            let data = datasets::layout::open(root, s, format)?;
-            DecodedSplit::open(&data, size, cache_dir, progress)
-        })
-        .collect()
-}
+pub use bank::ImageBank;
+pub use cache::{default_cache_dir, DecodedSplit};
 
 /// `--splits unlabeled,train` → the splits, in order, without repeats.
 pub fn parse_splits(s: &str) -> std::result::Result<Vec<Split>, String> {

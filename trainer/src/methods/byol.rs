@@ -17,10 +17,10 @@ use super::parts::{named, Online, Target};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
-use crate::dist::Dist;
-use crate::faults::{planted, Fault};
-use crate::loss::normalize;
-use crate::optim::{MomentumSchedule, OptimizerKind};
+use crate::runtime::dist::Dist;
+use crate::runtime::faults::{planted, Fault};
+use crate::nn::loss::normalize;
+use crate::nn::optim::{MomentumSchedule, OptimizerKind};
 
 /// Planted fault: the target updated before the online network's optimizer step.
 pub const EMA_BEFORE_STEP: Fault = "byol ema before step";
@@ -104,7 +104,7 @@ fn config(r: &Recipe, arch: Arch) -> Result<MethodConfig> {
 /// batch.
 /// Float32 under autocast, as PyTorch AMP computes its sums and means.
 pub fn byol_regression(p: &Tensor, z: &Tensor) -> Tensor {
-    crate::amp::full_precision(|| {
+    crate::nn::amp::full_precision(|| {
         let prod = normalize(p) * normalize(z);
         let cos = prod.sum_dim_intlist(&[1i64][..], false, prod.kind());
         (cos * -2.0 + 2.0).mean(prod.kind())

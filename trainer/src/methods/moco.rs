@@ -14,11 +14,11 @@ use super::parts::{named, Online, Target};
 use super::{Build, Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
-use crate::dist::Dist;
-use crate::faults::{planted, Fault};
-use crate::loss::{info_nce, normalize};
-use crate::optim::{MomentumSchedule, OptimizerKind};
-use crate::rng::{permutation, stream, Purpose};
+use crate::runtime::dist::Dist;
+use crate::runtime::faults::{planted, Fault};
+use crate::nn::loss::{info_nce, normalize};
+use crate::nn::optim::{MomentumSchedule, OptimizerKind};
+use crate::runtime::rng::{permutation, stream, Purpose};
 
 /// Planted fault: the key encoder's momentum update after the key forward instead of before it.
 pub const MOMENTUM_AFTER_KEYS: Fault = "moco momentum after keys";
@@ -190,7 +190,7 @@ impl Moco {
     fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
         tch::no_grad(|| {
             let device = im_k.device();
-            let idx = crate::counters::upload_async(&Tensor::from_slice(perm), device);
+            let idx = crate::runtime::counters::upload_async(&Tensor::from_slice(perm), device);
             let unshuffle = |k: Tensor| {
                 if planted(NO_UNSHUFFLE) {
                     k
@@ -205,7 +205,7 @@ impl Moco {
                     Ok((k.shallow_clone(), k))
                 }
                 Some(d) => {
-                    use crate::dist::{interleave, share_tensor};
+                    use crate::runtime::dist::{interleave, share_tensor};
                     let all = interleave(&d.all_gather(im_k)?, d.world);
                     let mine = share_tensor(&all.index_select(0, &idx), d.rank, d.world);
                     let k = embed(&mine);

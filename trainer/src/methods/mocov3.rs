@@ -16,10 +16,10 @@ use super::parts::{named, Online, Target};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
-use crate::dist::{interleave, Dist};
-use crate::faults::{planted, Fault};
-use crate::loss::batch_info_nce;
-use crate::optim::{MomentumSchedule, OptimizerKind};
+use crate::runtime::dist::{interleave, Dist};
+use crate::runtime::faults::{planted, Fault};
+use crate::nn::loss::batch_info_nce;
+use crate::nn::optim::{MomentumSchedule, OptimizerKind};
 
 /// Planted fault: each query against the keys of its own view instead of the other view's.
 pub const SAME_VIEW_KEYS: Fault = "mocov3 same view keys";

@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
-use crate::dist::Dist;
+use crate::runtime::dist::Dist;
 
 /// `module: [ENTRY, …]` per line: declares each method's module and registers its entries.
 macro_rules! methods {

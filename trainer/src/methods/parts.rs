@@ -107,14 +107,11 @@ impl Online {
         let vars = self.vs.variables();
         models_tch::batch_norm::sync_group_stats(&vars);
         vars.into_iter()
-            .filter(|(n, _)| !is_head(n) && !n.ends_with(models_tch::batch_norm::GROUPS))
+            .filter(|(n, _)| {
+                !crate::nn::encoder::is_head(n) && !n.ends_with(models_tch::batch_norm::GROUPS)
+            })
             .collect()
     }
-}
-
-/// Variables of the heads rather than of the backbone.
-pub fn is_head(name: &str) -> bool {
-    name.starts_with("fc.") || name.starts_with("predictor.")
 }
 
 /// A momentum (EMA) copy of an online encoder: MoCo's key encoder, BYOL's target. It starts as
@@ -165,7 +162,7 @@ impl Target {
 
     /// θ_target ← m·θ_target + (1−m)·θ_online over the parameters, two kernels for all of them.
     pub fn update(&self, m: f64) -> Result<()> {
-        tch::no_grad(|| crate::foreach::ema(&self.targets, &self.sources, m))
+        tch::no_grad(|| crate::nn::foreach::ema(&self.targets, &self.sources, m))
     }
 }
 

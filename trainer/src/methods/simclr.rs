@@ -19,9 +19,9 @@ use super::parts::{named, Online};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
-use crate::dist::{interleave, Dist};
-use crate::loss::nt_xent;
-use crate::optim::{MomentumSchedule, OptimizerKind};
+use crate::runtime::dist::{interleave, Dist};
+use crate::nn::loss::nt_xent;
+use crate::nn::optim::{MomentumSchedule, OptimizerKind};
 
 pub const SIMCLR: Entry = Entry {
     name: "simclr",

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::Trainer;
 use crate::config::PretrainConfig;
-use crate::counters::{self, OpCounter};
-use crate::stop::StopFlag;
+use crate::runtime::counters::{self, OpCounter};
+use crate::runtime::stop::StopFlag;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchStepConfig {

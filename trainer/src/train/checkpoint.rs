@@ -3,7 +3,7 @@
 //! buffers, the step, the loss scale and the run's algorithm record — with a SHA-256 of the
 //! contents in the metadata. Written atomically
 //! (temp file, fsync, rename); a torn or corrupt file is detected on load and the previous good
-//! one is used instead. Random draws are keyed by (seed, step) (`crate::rng`), so no RNG state
+//! one is used instead. Random draws are keyed by (seed, step) (`crate::runtime::rng`), so no RNG state
 //! needs saving.
 
 use std::fs;
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Algorithm;
 use crate::methods::Method;
-use crate::optim::{LossScaler, Optimizer};
+use crate::nn::optim::{LossScaler, Optimizer};
 use models_tch::batch_norm::GROUPS;
 
 const STATE_KEY: &str = "moco.state";
@@ -102,7 +102,7 @@ fn write(
     let sha = digest(&map);
     map.metadata.insert(SHA_KEY.into(), sha.clone());
     map.save_with(path, |stage| {
-        crate::faults::at_checkpoint_stage(stage, state.step)
+        crate::runtime::faults::at_checkpoint_stage(stage, state.step)
     })?;
     Ok(sha)
 }

@@ -11,8 +11,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::ImageBank;
-use crate::dist::share;
-use crate::rng::{permutation, stream, Purpose};
+use crate::runtime::dist::share;
+use crate::runtime::rng::{permutation, stream, Purpose};
 
 /// Where this process sits among the ranks of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Prefetch {
             .recv()
             .context("pretrain: the image loader thread stopped")?;
         *at += 1;
-        Ok(crate::counters::upload_async(&host, self.device))
+        Ok(crate::runtime::counters::upload_async(&host, self.device))
     }
 
     fn start(&self, from: u64) -> Receiver<Tensor> {
@@ -200,8 +200,8 @@ impl ViewMaker {
             .map(in_kind);
         let (mut v1, mut v2) = (views.next().expect("two"), views.next().expect("two"));
         if self.channels_last {
-            crate::amp::make_channels_last(&mut v1)?;
-            crate::amp::make_channels_last(&mut v2)?;
+            crate::nn::amp::make_channels_last(&mut v1)?;
+            crate::nn::amp::make_channels_last(&mut v2)?;
         }
         Ok((v1, v2))
     }

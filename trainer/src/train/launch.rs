@@ -1,10 +1,9 @@
-//! `pretrain --nproc N`: N copies of this command as ranks 0..N on this machine (torchrun's
-//! variables, a free loopback port). Rank 0's stdout is this process's; when a rank fails the
+//! `pretrain --nproc N`: N ranks 0..N of the configuration built here, on this machine (torchrun's
+//! variables, a free loopback port; the configuration serialised in [`CONFIG_ENV`]). Rank 0's stdout is this process's; when a rank fails the
 //! others are stopped and its exit is reported. The ranks run in their own process group and
 //! the stop signals reach them through this process, once each (a Ctrl-C in a terminal would
 //! otherwise reach them twice: from the terminal and forwarded).
 
-use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,10 +11,17 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use signal_hook::iterator::Signals;
 
-use crate::dist::DistEnv;
-use crate::stop::{signal_name, Preempted, PREEMPTED_EXIT, SIGNALS};
+use crate::config::PretrainConfig;
+use crate::runtime::dist::DistEnv;
+use crate::runtime::stop::{signal_name, Preempted, PREEMPTED_EXIT, SIGNALS};
 
-pub fn launch_local(nproc: usize) -> Result<()> {
+/// The variable through which each rank receives the configuration the launcher built.
+pub const CONFIG_ENV: &str = "MOCO_PRETRAIN_CONFIG";
+
+/// The hidden command a rank runs: `pretrain` with its configuration read from [`CONFIG_ENV`].
+pub const RANK_COMMAND: &str = "pretrain-rank";
+
+pub fn launch_local(cfg: &PretrainConfig, nproc: usize, json: bool) -> Result<()> {
     if DistEnv::from_env()?.is_some() {
         bail!(
             "--nproc {nproc}: WORLD_SIZE is already set (launched by torchrun?); use one launcher"
@@ -26,7 +32,15 @@ pub fn launch_local(nproc: usize) -> Result<()> {
         .context("--nproc: no free loopback port")?
         .port();
     let exe = std::env::current_exe().context("--nproc: cannot find this executable")?;
-    let args = without_nproc(std::env::args_os().skip(1));
+    let config = serde_json::to_string(cfg)?;
+    let mut args = vec![
+        RANK_COMMAND.into(),
+        "--out".into(),
+        cfg.run.out.clone().into_os_string(),
+    ];
+    if json {
+        args.push("--json".into());
+    }
     let mut signals = Signals::new(SIGNALS).context("--nproc: cannot watch for signals")?;
     let mut children = Vec::new();
     for rank in 0..nproc {
@@ -34,6 +48,7 @@ pub fn launch_local(nproc: usize) -> Result<()> {
         stop_with_parent(&mut command);
         let child = command
             .args(&args)
+            .env(CONFIG_ENV, &config)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", nproc.to_string())
@@ -87,23 +102,6 @@ fn stop_with_parent(command: &mut Command) {
             Ok(())
         })
     };
-}
-
-/// The command line without `--nproc N` / `--nproc=N`.
-fn without_nproc(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut skip = false;
-    for arg in args {
-        let s = arg.to_string_lossy();
-        if skip {
-            skip = false;
-        } else if s == "--nproc" {
-            skip = true;
-        } else if !s.starts_with("--nproc=") {
-            out.push(arg);
-        }
-    }
-    out
 }
 
 /// How the ranks ended.

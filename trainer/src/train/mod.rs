@@ -2,8 +2,10 @@
 //! logging, the NaN stop, checkpoints and the kNN monitor — over any [`Method`], and saves the
 //! method's backbone with torchvision names at the end.
 
+pub mod bench_data;
 pub mod bench_step;
 pub mod checkpoint;
+pub mod compare;
 pub mod data;
 pub mod launch;
 pub mod monitor;
@@ -20,14 +22,14 @@ use models_tch::to_tensor_map;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::amp::Autocast;
 use crate::config::{Algorithm, Amp, PretrainConfig};
 use crate::data::ImageBank;
-use crate::dist::{Dist, DistBackend, DistEnv};
 use crate::methods::{self, Build, Method, StepCtx};
-use crate::metrics::MetricsLog;
-use crate::optim::{LossScaler, Optimizer, Schedule};
-use crate::stop::{Preempted, StopFlag};
+use crate::nn::amp::Autocast;
+use crate::nn::optim::{LossScaler, Optimizer, Schedule};
+use crate::observe::metrics::MetricsLog;
+use crate::runtime::dist::{Dist, DistBackend, DistEnv};
+use crate::runtime::stop::{Preempted, StopFlag};
 use checkpoint::State;
 use data::{Prefetch, RankShare, StepBatches, ViewMaker};
 use monitor::KnnMonitor;
@@ -86,10 +88,10 @@ fn connect(cfg: &PretrainConfig) -> Result<(Device, Option<Rc<Dist>>)> {
         device = Device::Cuda(env.local_rank);
     }
     if let Device::Cuda(i) = device {
-        crate::amp::set_cuda_device(i)?;
+        crate::nn::amp::set_cuda_device(i)?;
         // Every step has the same shapes: cuDNN times its algorithms once and keeps the fastest.
         tch::Cuda::cudnn_set_benchmark(true);
-        crate::amp::set_cuda_tf32(!cfg.run.no_tf32)?;
+        crate::nn::amp::set_cuda_tf32(!cfg.run.no_tf32)?;
     }
     let timeout = Duration::from_secs(cfg.run.dist_timeout);
     let dist = match &env {
@@ -104,39 +106,16 @@ fn connect(cfg: &PretrainConfig) -> Result<(Device, Option<Rc<Dist>>)> {
     Ok((device, dist))
 }
 
-/// What a CPU bf16 step costs where oneDNN has no native bf16 kernels: measured with oneDNN held
-/// to AVX2 (docs/benchmarks.md, "Mixed precision on the CPU").
-const EMULATED_BF16: &str = "bf16 steps measured 22× slower than float32 there; use --amp off";
-
 /// The checks that need the device; the autocast `--amp` asks for on it.
 fn check_device(cfg: &PretrainConfig, device: Device) -> Result<Option<Autocast>> {
-    match (cfg.amp, device.is_cuda()) {
-        (Amp::Fp16, false) => {
-            bail!("--amp fp16: float16 autocast is a CUDA mode; on the CPU use --amp bf16")
-        }
-        (Amp::Bf16, false) => {
-            if let Some(why) = crate::isa::no_native_bf16() {
-                bail!("--amp bf16: {why}: {EMULATED_BF16}");
-            }
-        }
-        _ => {}
-    }
+    cfg.validate_device(device)?;
     Ok(Autocast::of(cfg.amp, device))
 }
 
 /// The pretraining images; the lead rank builds the decoded stores, the others open them once
 /// they exist.
 fn open_images(cfg: &PretrainConfig, dist: Option<&Dist>, progress: bool) -> Result<ImageBank> {
-    let open = || {
-        crate::data::open_splits(
-            &cfg.data.root,
-            &cfg.splits,
-            cfg.data.format,
-            cfg.data.size,
-            &cfg.data.cache_dir(),
-            progress,
-        )
-    };
+    let open = || cfg.data.open_all(&cfg.splits, progress);
     let lead = dist.is_none_or(|d| d.rank == 0);
     let first = lead.then(open);
     if let Some(d) = dist {
@@ -146,6 +125,65 @@ fn open_images(cfg: &PretrainConfig, dist: Option<&Dist>, progress: bool) -> Res
         Some(r) => r?,
         None => open()?,
     }))
+}
+
+/// The pretraining images in this rank's batches, and the run's length in steps.
+fn open_batches(
+    cfg: &PretrainConfig,
+    dist: Option<&Dist>,
+    share: RankShare,
+    progress: bool,
+) -> Result<(StepBatches, u64)> {
+    let bank = open_images(cfg, dist, progress)?;
+    let images = bank.len();
+    let batches = StepBatches::new(bank, cfg.seed, cfg.batch_size, share);
+    let total = cfg.total_steps(images, batches.steps_per_epoch())?;
+    Ok((batches, total))
+}
+
+/// What the steps update, and the step they start from.
+struct Started {
+    method: Box<dyn Method>,
+    opt: Optimizer,
+    scaler: Option<LossScaler>,
+    start: u64,
+}
+
+/// The method, its optimizer and loss scaler, drawn from the seed (or `--init-from`) and then
+/// brought to the newest checkpoint on `--resume`; the step to start from.
+fn build_state(
+    cfg: &PretrainConfig,
+    algo: &mut Algorithm,
+    device: Device,
+    dist: Option<&Rc<Dist>>,
+    share: RankShare,
+) -> Result<Started> {
+    let (mut method, mut opt) = build_method(cfg, device, dist)?;
+    if let Some(path) = &cfg.init_from {
+        algo.init = Some(checkpoint::load_init(path, &mut *method, algo)?);
+    }
+    let mut scaler = (cfg.amp == Amp::Fp16).then(LossScaler::default);
+    let start = resume(cfg, algo, share, &mut *method, &mut opt, &mut scaler)?;
+    Ok(Started {
+        method,
+        opt,
+        scaler,
+        start,
+    })
+}
+
+/// config.json, and the metrics log (with TensorBoard) continued from `start` (lead rank).
+fn open_log(
+    cfg: &PretrainConfig,
+    algo: &Algorithm,
+    device: Device,
+    dist: Option<&Dist>,
+    start: u64,
+) -> Result<MetricsLog> {
+    let text = serde_json::to_string_pretty(&config_json(cfg, algo, device, dist))?;
+    atomic_io::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
+    let log = MetricsLog::open(&cfg.run.out.join("metrics.jsonl"), Some(start))?;
+    log.with_tensorboard(cfg.run.tensorboard.as_deref(), "pretrain", start)
 }
 
 /// The whole configuration as `config.json` shows it.
@@ -171,12 +209,25 @@ fn config_json(
         },
         "preprocess": Preprocess::default(),
         "version": env!("CARGO_PKG_VERSION"),
+        "config": cfg,
+        "command_line": cfg.run.command_line,
     })
 }
 
 /// channels_last: the default on CUDA, asked for on the CPU.
 fn uses_channels_last(cfg: &PretrainConfig, device: Device) -> bool {
     cfg.run.channels_last.unwrap_or(device.is_cuda())
+}
+
+/// The method's networks in channels_last when the run uses it; whether it does.
+fn set_memory_format(cfg: &PretrainConfig, method: &dyn Method, device: Device) -> Result<bool> {
+    let channels_last = uses_channels_last(cfg, device);
+    if channels_last {
+        for (_, mut t) in method.networks() {
+            crate::nn::amp::make_channels_last(&mut t)?;
+        }
+    }
+    Ok(channels_last)
 }
 
 /// The method with its optimizer, from `cfg` (initial draws from `tch::manual_seed(seed)`).
@@ -243,7 +294,7 @@ fn params_finite(opt: &Optimizer) -> bool {
     tch::no_grad(|| {
         opt.params
             .iter()
-            .all(|(_, p)| crate::counters::flag(&p.isfinite().all()))
+            .all(|(_, p)| crate::runtime::counters::flag(&p.isfinite().all()))
     })
 }
 
@@ -305,55 +356,30 @@ impl Trainer {
         let autocast = check_device(cfg, device)?;
         cfg.validate(share.world)?;
         let out_lock = lead
-            .then(|| crate::run_dir::claim(&cfg.run.out))
+            .then(|| crate::runtime::run_dir::claim(&cfg.run.out))
             .transpose()?;
         let progress = cfg.run.progress && lead;
-        let bank = open_images(cfg, dist.as_deref(), progress)?;
-        let n = bank.len();
-        if cfg.batch_size > n {
-            bail!(
-                "--batch-size {} is larger than the {n} pretraining images",
-                cfg.batch_size
-            );
-        }
-        let batches = StepBatches::new(bank, cfg.seed, cfg.batch_size, share);
-        let total = match cfg.length {
-            crate::config::Length::Steps(s) => s,
-            crate::config::Length::Epochs(e) => e * batches.steps_per_epoch(),
-        };
-        if total == 0 {
-            bail!("--steps/--epochs: nothing to train");
-        }
+        let (batches, total) = open_batches(cfg, dist.as_deref(), share, progress)?;
         let monitor = match (&cfg.knn, lead) {
             (Some(k), true) => KnnMonitor::open(k, &cfg.data, progress)?,
             _ => None,
         };
-        let mut algo = cfg.algorithm(n, total);
-        let (mut method, mut opt) = build_method(cfg, device, dist.as_ref())?;
-        if let Some(path) = &cfg.init_from {
-            algo.init = Some(checkpoint::load_init(path, &mut *method, &algo)?);
-        }
-        let mut scaler = (cfg.amp == Amp::Fp16).then(LossScaler::default);
-        let start = resume(cfg, &algo, share, &mut *method, &mut opt, &mut scaler)?;
+        let mut algo = cfg.algorithm(batches.images(), total);
+        let Started {
+            method,
+            opt,
+            scaler,
+            start,
+        } = build_state(cfg, &mut algo, device, dist.as_ref(), share)?;
         let kind = if cfg.float64 {
             Kind::Double
         } else {
             Kind::Float
         };
-        let channels_last = uses_channels_last(cfg, device);
-        if channels_last {
-            for (_, mut t) in method.networks() {
-                crate::amp::make_channels_last(&mut t)?;
-            }
-        }
-        let log = if lead {
-            let text =
-                serde_json::to_string_pretty(&config_json(cfg, &algo, device, dist.as_deref()))?;
-            atomic_io::write_atomic(&cfg.run.out.join("config.json"), text.as_bytes())?;
-            let log = MetricsLog::open(&cfg.run.out.join("metrics.jsonl"), Some(start))?;
-            Some(log.with_tensorboard(cfg.run.tensorboard.as_deref(), "pretrain", start)?)
-        } else {
-            None
+        let channels_last = set_memory_format(cfg, method.as_ref(), device)?;
+        let log = match lead {
+            true => Some(open_log(cfg, &algo, device, dist.as_deref(), start)?),
+            false => None,
         };
         let views = ViewMaker::new(
             cfg.augmentation.clone(),
@@ -369,7 +395,7 @@ impl Trainer {
             warmup_steps: cfg.optim.warmup_steps,
             cosine: cfg.optim.cosine,
         };
-        let bar = crate::progress::bar(total, "pretrain", progress);
+        let bar = crate::runtime::progress::bar(total, "pretrain", progress);
         bar.set_position(start);
         let mut trainer = Trainer {
             cfg: cfg.clone(),
@@ -412,17 +438,26 @@ impl Trainer {
         let images = self.batches.pick(&idx);
         if preview {
             let c = &self.cfg;
-            let tiles = crate::preview::view_tiles(&images, &c.augmentation, c.seed, c.data.size);
-            tb.image("augmentation", step, &crate::plot::grid_image(&tiles, 3)?)?;
+            let tiles =
+                crate::observe::preview::view_tiles(&images, &c.augmentation, c.seed, c.data.size);
+            tb.image(
+                "augmentation",
+                step,
+                &crate::observe::plot::grid_image(&tiles, 3)?,
+            )?;
         }
-        let x = crate::features::eval_input(
+        let x = crate::eval::features::eval_input(
             &images.narrow(0, 0, 1),
             &Preprocess::default(),
             self.device,
         )
         .to_kind(self.kind);
-        let tiles = crate::feature_maps::map_tiles(self.method.backbone(), &x, 64, 2)?;
-        tb.image("conv1_maps", step, &crate::plot::grid_image(&tiles, 8)?)
+        let tiles = crate::eval::feature_maps::map_tiles(self.method.backbone(), &x, 64, 2)?;
+        tb.image(
+            "conv1_maps",
+            step,
+            &crate::observe::plot::grid_image(&tiles, 8)?,
+        )
     }
 
     fn lead(&self) -> bool {
@@ -438,7 +473,7 @@ impl Trainer {
             if self.stop_agreed(step)? {
                 return self.stop_before(step, &mut interval);
             }
-            crate::faults::at_step(step);
+            crate::runtime::faults::at_step(step);
             let lr = self.schedule.lr(step);
             let done = step + 1;
             let end_of_epoch = done.is_multiple_of(per_epoch);
@@ -496,7 +531,7 @@ impl Trainer {
         }
         let mut any = Tensor::from(f64::from(u8::from(here))).to_device(self.device);
         d.average(&mut any)?;
-        Ok(crate::counters::scalar(&any) > 0.0)
+        Ok(crate::runtime::counters::scalar(&any) > 0.0)
     }
 
     /// A stop after `done` steps: the open interval logged, a checkpoint unless the newest one is
@@ -533,7 +568,7 @@ impl Trainer {
         if let Some(d) = &self.dist {
             d.average(&mut interval.loss_sum)?;
         }
-        let mean = crate::counters::scalar(&interval.loss_sum) / interval.steps as f64;
+        let mean = crate::runtime::counters::scalar(&interval.loss_sum) / interval.steps as f64;
         if !mean.is_finite() {
             self.bar.abandon();
             bail!(
@@ -632,7 +667,7 @@ impl Trainer {
             .metadata
             .insert("moco.arch".into(), self.cfg.arch.name().into());
         encoder.save(&out.join("encoder.safetensors"))?;
-        let _ = crate::plot::curves(&out.join("metrics.jsonl"), &out.join("curves.png"));
+        let _ = crate::observe::plot::curves(&out.join("metrics.jsonl"), &out.join("curves.png"));
         eprintln!(
             "pretrain: {total} steps, final loss {:.4}{} → {}",
             self.last_loss,

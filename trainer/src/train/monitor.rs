@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use tch::Device;
 
 use crate::config::{DataSource, KnnMonitorConfig};
-use crate::data::{self, DecodedSplit};
-use crate::knn;
+use crate::data::DecodedSplit;
+use crate::eval::knn;
 
 pub struct KnnMonitor {
     pub bank: DecodedSplit,
@@ -23,12 +23,11 @@ impl KnnMonitor {
         data: &DataSource,
         progress: bool,
     ) -> Result<Option<KnnMonitor>> {
-        let root = cfg.data.as_ref().unwrap_or(&data.root);
-        let cache = data.cache_dir();
-        let open = |s| {
-            data::open_splits(root, &[s], data.format, data.size, &cache, progress)
-                .map(|mut v| v.remove(0))
+        let source = DataSource {
+            root: cfg.data.clone().unwrap_or_else(|| data.root.clone()),
+            ..data.clone()
         };
+        let open = |s| source.open(s, progress);
         match (open(cfg.bank), open(cfg.query)) {
             (Ok(bank), Ok(query)) if bank.is_labeled() && query.is_labeled() => {
                 Ok(Some(KnnMonitor {
@@ -39,7 +38,7 @@ impl KnnMonitor {
             }
             (Ok(_), Ok(_)) if cfg.data.is_some() => bail!(
                 "--knn-data {}: the kNN splits `{}`/`{}` have no labels",
-                root.display(),
+                source.root.display(),
                 cfg.bank.name(),
                 cfg.query.name()
             ),
@@ -47,7 +46,7 @@ impl KnnMonitor {
             _ => {
                 eprintln!(
                     "pretrain: no labeled kNN splits in {}; kNN monitor off",
-                    root.display()
+                    source.root.display()
                 );
                 Ok(None)
             }

@@ -5,10 +5,10 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::amp::Autocast;
-use crate::dist::Dist;
 use crate::methods::{Method, StepCtx};
-use crate::optim::{LossScaler, Optimizer};
+use crate::nn::amp::Autocast;
+use crate::nn::optim::{LossScaler, Optimizer};
+use crate::runtime::dist::Dist;
 
 /// Everything a step changes besides the method.
 pub struct StepState<'a> {
@@ -41,7 +41,7 @@ pub fn train_step(
     log: bool,
 ) -> Result<StepOut> {
     st.opt.zero_grad();
-    let loss = crate::amp::autocast(st.autocast, || method.loss(v1, v2, ctx))??;
+    let loss = crate::nn::amp::autocast(st.autocast, || method.loss(v1, v2, ctx))??;
     let graph = loss.graph.to_kind(st.kind);
     let scale = st.scaler.as_ref().map_or(1.0, |sc| sc.scale);
     (&graph * scale).backward();
