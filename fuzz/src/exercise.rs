@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+#[path = "../../trainer/src/cli/config_file.rs"]
+mod config_file;
+
 /// A scratch folder of this process, made once.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("moco-fuzz-{}-{name}", std::process::id()));
@@ -116,6 +119,58 @@ pub fn onnx_model(data: &[u8]) {
     if let Ok(mut tract) = infer::backend::tract_backend::TractBackend::new(&path, 1) {
         let _ = tract.run(&vec![0.5; 3 * crop * crop], 1, crop);
     }
+}
+
+/// `--config FILE`: a config.json from anywhere, expanded into a command line as `pretrain` and
+/// `linear` expand it (the record checked, its flags grouped and merged with those given now),
+/// then parsed and recorded again. The command is a stand-in with every kind of flag moco-train
+/// has — values, paths, switches, a conflicting pair — because the real one is defined in the
+/// trainer, which links libtorch.
+pub fn config_json(data: &[u8]) {
+    let path = scratch("config.json");
+    std::fs::write(&path, data).expect("scratch file");
+    let cli = stand_in_cli();
+    for sub in ["pretrain", "linear"] {
+        let argv: Vec<std::ffi::OsString> = ["moco-train", sub, "--config"]
+            .iter()
+            .map(|a| a.into())
+            .chain([path.clone().into_os_string(), "--lr".into(), "0.2".into()])
+            .collect();
+        if let Ok(argv) = config_file::expand(&cli, argv) {
+            let _ = cli.clone().try_get_matches_from(&argv);
+            let _ = config_file::command_line(&cli, &argv);
+        }
+    }
+}
+
+fn stand_in_cli() -> clap::Command {
+    use clap::{value_parser, Arg, ArgAction, Command};
+    let path = |id: &'static str, long: &'static str| {
+        Arg::new(id).long(long).value_parser(value_parser!(PathBuf))
+    };
+    let switch =
+        |id: &'static str, long: &'static str| Arg::new(id).long(long).action(ArgAction::SetTrue);
+    let run = |name: &'static str| {
+        Command::new(name)
+            .arg(path("data", "data").required(true))
+            .arg(path("out", "out").required(true))
+            .arg(path("config", "config"))
+            .arg(Arg::new("lr").long("lr").value_parser(value_parser!(f64)))
+            .arg(
+                Arg::new("steps")
+                    .long("steps")
+                    .value_parser(value_parser!(u64)),
+            )
+            .arg(Arg::new("splits").long("splits"))
+            .arg(path("tensorboard", "tensorboard").conflicts_with("no_tensorboard"))
+            .arg(switch("no_tensorboard", "no-tensorboard"))
+            .arg(switch("no_knn", "no-knn"))
+            .arg(switch("resume", "resume"))
+            .arg(switch("json", "json"))
+    };
+    Command::new("moco-train")
+        .subcommand(run("pretrain"))
+        .subcommand(run("linear"))
 }
 
 /// A folder-layout dataset: 2 classes × 2 train images, 4 unlabeled, written once.

@@ -59,3 +59,8 @@ fn merge_labels_csv() {
 fn onnx_model() {
     replay("onnx_model", exercise::onnx_model);
 }
+
+#[test]
+fn config_json() {
+    replay("config_json", exercise::config_json);
+}

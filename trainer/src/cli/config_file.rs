@@ -2,10 +2,11 @@
 //! and `linear` keeps the flags that built the run (`command_line`: path values made absolute,
 //! flags of the invocation such as `--resume` left out). `--config` puts those flags in front of
 //! the ones given now, less every flag given now and every flag one given now conflicts with,
-//! so a flag on the command line overrides the recorded one. `bench-step --config` measures the
-//! step of a recorded pretraining run. The record is kept as flags rather
-//! than as the decided configuration because flags are what the checks, the presets and the
-//! methods' recipes start from: a repeat takes exactly the path the run took.
+//! so a flag on the command line overrides the recorded one; `bench-step --config` measures the
+//! step of a recorded pretraining run. The record is kept as flags rather than as the decided
+//! configuration because flags are what the checks, the presets and the methods' recipes start
+//! from: a repeat takes the path the run took. This file needs no libtorch: the `config_json`
+//! fuzz target includes it by path.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,8 @@ struct Given {
     tokens: Vec<String>,
 }
 
-/// `argv` with a `--config FILE` of `pretrain` or `linear` replaced by the recorded flags.
+/// `argv` with a `--config FILE` replaced by the recorded flags (non-UTF-8 arguments are read
+/// lossily when a `--config` is given).
 pub fn expand(cli: &clap::Command, argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(sub) = argv.get(1).and_then(|s| s.to_str()) else {
         return Ok(argv);
@@ -51,7 +53,7 @@ pub fn expand(cli: &clap::Command, argv: Vec<OsString>) -> Result<Vec<OsString>>
     let Some(file) = now.iter().find(|g| g.id == "config").map(value) else {
         return Ok(argv);
     };
-    let recorded = group(cmd, &read_command_line(Path::new(&file), sub, of)?);
+    let recorded = group(cmd, &read_command_line(Path::new(&file), of)?);
     let overridden = |r: &Given| {
         now.iter()
             .any(|g| g.id == r.id || conflicts(cmd, &g.id, &r.id))
@@ -107,7 +109,7 @@ pub fn command_line(cli: &clap::Command, argv: &[OsString]) -> Vec<String> {
     }
 }
 
-fn read_command_line(file: &Path, sub: &str, of: &str) -> Result<Vec<String>> {
+fn read_command_line(file: &Path, of: &str) -> Result<Vec<String>> {
     let shown = file.display();
     let text =
         std::fs::read_to_string(file).with_context(|| format!("{FLAG} {shown}: cannot read"))?;
@@ -179,84 +181,5 @@ fn conflicts(cmd: &clap::Command, a: &str, b: &str) -> bool {
                     .any(|c| c.get_id() == x.get_id())
         }
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    fn os(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn recorded_flags_lose_invocation_flags_and_gain_absolute_paths() {
-        let cli = crate::cli::command::Cli::command();
-        let cmd = cli.find_subcommand("pretrain").unwrap();
-        let line = record(
-            cmd,
-            &os(&[
-                "--data", "d", "--out=r", "--lr", "0.1", "--resume", "--no-knn", "--json",
-            ]),
-        );
-        let cwd = std::env::current_dir().unwrap();
-        let d = cwd.join("d").display().to_string();
-        let r = cwd.join("r").display().to_string();
-        assert_eq!(
-            line,
-            vec!["--data", &d, "--out", &r, "--lr", "0.1", "--no-knn"]
-        );
-    }
-
-    #[test]
-    fn flags_given_now_override_the_recorded_ones() {
-        let dir = std::env::temp_dir().join(format!("moco-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("config.json");
-        let record = serde_json::json!({"command": "pretrain", "command_line":
-            ["--data", "/d", "--out", "/r", "--lr", "0.1", "--no-tensorboard", "--seed", "3"]});
-        std::fs::write(&file, record.to_string()).unwrap();
-        let cli = crate::cli::command::Cli::command();
-        let f = file.display().to_string();
-        let argv = os(&[
-            "moco-train",
-            "pretrain",
-            "--config",
-            &f,
-            "--out",
-            "/r2",
-            "--lr=0.2",
-        ]);
-        let argv = expand(&cli, argv).unwrap();
-        let want = "moco-train pretrain --data /d --no-tensorboard --seed 3 --out /r2 --lr=0.2";
-        assert_eq!(argv.join(std::ffi::OsStr::new(" ")), OsString::from(want));
-        // --tensorboard conflicts with the recorded --no-tensorboard: the recorded one goes.
-        let argv = os(&[
-            "moco-train",
-            "pretrain",
-            "--config",
-            &f,
-            "--tensorboard",
-            "/tb",
-        ]);
-        let argv = expand(&cli, argv).unwrap();
-        let want = "moco-train pretrain --data /d --out /r --lr 0.1 --seed 3 --tensorboard /tb";
-        assert_eq!(argv.join(std::ffi::OsStr::new(" ")), OsString::from(want));
-        // bench-step reads a pretraining run's record.
-        let argv = os(&["moco-train", "bench-step", "--config", &f, "--timed", "2"]);
-        let argv = expand(&cli, argv).unwrap();
-        let want = "moco-train bench-step --data /d --out /r --lr 0.1 --no-tensorboard --seed 3 \
-                    --timed 2";
-        assert_eq!(argv.join(std::ffi::OsStr::new(" ")), OsString::from(want));
-        // The record of another command is refused, naming the file.
-        let argv = os(&["moco-train", "linear", "--config", &f]);
-        let e = expand(&cli, argv).unwrap_err().to_string();
-        assert!(
-            e.contains("written by `moco-train pretrain`, not `linear`"),
-            "{e}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

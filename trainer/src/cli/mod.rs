@@ -6,6 +6,8 @@ pub mod bench;
 pub mod command;
 pub mod compare;
 pub mod config_file;
+#[cfg(test)]
+mod config_file_tests;
 pub mod encoder_args;
 pub mod eval_args;
 pub mod feature_maps;
