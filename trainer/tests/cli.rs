@@ -776,3 +776,86 @@ fn a_run_repeated_from_its_config_writes_the_same_files() {
         "--config /nonexistent/config.json: cannot read",
     );
 }
+
+/// A checkpoint edited by hand and sealed again with its checksum, as a user with a hex editor
+/// could: a queue position past the queue, a step past the run, a probe's position past its
+/// epoch. Each is a one-line error naming the file, not a panic at the next step.
+#[test]
+fn hand_edited_resume_states_are_refused_naming_the_file() {
+    use models::{TensorData, TensorMap};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = pretrain_args(&out, &[]);
+    let killed = Command::new(BIN)
+        .args(&args)
+        .env("MOCO_TEST_KILL_AT", "step:3")
+        .env("MOCO_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let saved = out.join("checkpoints/step-000000002.safetensors");
+    let pristine = std::fs::read(&saved).unwrap();
+    let edit = |f: &dyn Fn(&mut TensorMap)| {
+        let mut map = TensorMap::from_bytes(&pristine).unwrap();
+        f(&mut map);
+        trainer::train::checkpoint::sign(&mut map);
+        std::fs::write(&saved, map.to_bytes().unwrap()).unwrap();
+    };
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    edit(&|m| m.insert("queue_ptr", TensorData::from_i64(vec![], &[5000])));
+    fails_with(
+        &resume,
+        "`queue_ptr` 5000 is not a position in the queue of 16 keys",
+    );
+    edit(&|m| {
+        let state = m.metadata.get_mut("moco.state").unwrap();
+        *state = state.replace("\"step\":2", "\"step\":1000");
+    });
+    fails_with(&resume, "step 1000 is past the run's 6 steps");
+    // The probe: SIGKILLed once its first epoch's state is saved, then its position moved past
+    // the epoch (the file has no checksum: it never outlives its run's directory).
+    let lin = tmp.path().join("lin");
+    let lin_s = lin.display().to_string();
+    let d = data();
+    let mut linear: Vec<String> = [
+        "linear",
+        "--random-init",
+        "--arch",
+        "resnet18",
+        "--data",
+        &d,
+        "--out",
+        &lin_s,
+        "--threads",
+        "1",
+        "--epochs",
+        "3",
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut child = Command::new(BIN)
+        .args(&linear)
+        .env("MOCO_CACHE_DIR", cache_dir())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = lin.join("linear-checkpoint.safetensors");
+    let t0 = Instant::now();
+    while !state.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no probe state saved"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut map = TensorMap::load(&state).unwrap();
+    let pos = map.metadata.get_mut("moco.linear.position").unwrap();
+    *pos = pos.replace("\"batch\":0", "\"batch\":999");
+    map.save(&state).unwrap();
+    linear.push("--resume".into());
+    fails_with(&linear, "is not a position of 3 epochs");
+}

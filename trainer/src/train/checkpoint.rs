@@ -99,12 +99,19 @@ fn write(
     }
     map.metadata
         .insert(STATE_KEY.into(), serde_json::to_string(state)?);
-    let sha = digest(&map);
-    map.metadata.insert(SHA_KEY.into(), sha.clone());
+    let sha = sign(&mut map);
     map.save_with(path, |stage| {
         crate::runtime::faults::at_checkpoint_stage(stage, state.step)
     })?;
     Ok(sha)
+}
+
+/// Seals a checkpoint's tensors and state with their checksum; returns it. Public so that tests
+/// can edit a checkpoint as a user with a text editor and a hex editor could.
+pub fn sign(map: &mut TensorMap) -> String {
+    let sha = digest(map);
+    map.metadata.insert(SHA_KEY.into(), sha.clone());
+    sha
 }
 
 /// Checkpoint files of a run, newest first.
@@ -216,6 +223,9 @@ fn restore_method(
             (None, "queue_ptr", Some(ptr)) => tch::Tensor::from(ptr),
             (None, _, _) => bail!("{}: missing `{name}`", path.display()),
         };
+        if name == "queue_ptr" {
+            check_queue_ptr(path, &src, &vars)?;
+        }
         if src.size() != var.size() {
             bail!(
                 "{}: `{name}` of shape {:?}, the run has {:?}",
@@ -235,6 +245,23 @@ fn restore_method(
         .collect();
     models_tch::batch_norm::reseed_group_stats(&unheld);
     Ok(())
+}
+
+/// A queue position inside the queue (a hand-edited one would index past it at the next step).
+fn check_queue_ptr(path: &Path, ptr: &tch::Tensor, vars: &[(String, tch::Tensor)]) -> Result<()> {
+    let size = vars
+        .iter()
+        .find(|(n, _)| n == "queue")
+        .map_or(0, |(_, q)| q.size().last().copied().unwrap_or(0));
+    let at = (ptr.numel() == 1).then(|| ptr.int64_value(&[]));
+    match at {
+        Some(p) if (0..size).contains(&p) => Ok(()),
+        _ => bail!(
+            "{}: `queue_ptr` {} is not a position in the queue of {size} keys",
+            path.display(),
+            at.map_or_else(|| format!("{:?}", ptr.size()), |p| p.to_string())
+        ),
+    }
 }
 
 /// `--init-from`: the method's networks and state (a queue) from a `--save-init` file or any

@@ -725,6 +725,14 @@ fn resume(
             changed.join(", ")
         );
     }
+    if state.step > algo.total_steps {
+        bail!(
+            "--resume: {}: step {} is past the run's {} steps",
+            path.display(),
+            state.step,
+            algo.total_steps
+        );
+    }
     checkpoint::restore(&path, &map, &state, method, opt)?;
     *scaler = state.scaler.clone();
     if share.rank == 0 {

@@ -248,7 +248,7 @@ impl<'a> Probe<'a> {
         let pos = {
             let mut opts: Vec<&mut Optimizer> = vec![&mut opt];
             opts.extend(backbone_opt.as_mut().map(|(o, _)| o));
-            resume::restore(&c.out, c, &mut opts, &buffers)?
+            resume::restore(&c.out, c, &mut opts, &buffers, train.n)?
         };
         if let Some(p) = &pos {
             eprintln!(

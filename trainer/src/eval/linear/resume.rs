@@ -43,6 +43,26 @@ impl Position {
     }
 }
 
+impl Position {
+    /// A position this run can reach: within its epochs and batches, with the images seen that
+    /// those batches hold (a hand-edited file could claim anything).
+    fn check(&self, c: &LinearConfig, images: usize) -> Result<()> {
+        let batches = images.div_ceil(c.batch_size.max(1));
+        let seen = (self.batch * c.batch_size).min(images);
+        if self.epoch > c.epochs || self.batch > batches || self.seen != seen {
+            bail!(
+                "epoch {} batch {} ({} images seen) is not a position of {} epochs of {batches} \
+                 batches",
+                self.epoch,
+                self.batch,
+                self.seen,
+                c.epochs
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn path(out: &Path) -> PathBuf {
     out.join(FILE)
 }
@@ -104,6 +124,7 @@ pub fn restore(
     c: &LinearConfig,
     opts: &mut [&mut Optimizer],
     buffers: &[(String, Tensor)],
+    train_images: usize,
 ) -> Result<Option<Position>> {
     let p = path(out);
     if !c.resume || !p.exists() {
@@ -121,7 +142,10 @@ pub fn restore(
             p.display()
         );
     }
-    let pos: Position = serde_json::from_str(meta(POSITION_KEY)?)?;
+    let pos: Position = serde_json::from_str(meta(POSITION_KEY)?)
+        .with_context(|| format!("--resume: {}: unreadable position", p.display()))?;
+    pos.check(c, train_images)
+        .with_context(|| format!("--resume: {}", p.display()))?;
     let take = |name: &str, like: &Tensor| -> Result<Tensor> {
         let d = map
             .get(name)
