@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cargo-fuzz over the readers of untrusted files: the torch.save reader (labels, checkpoints),
 # safetensors weights, the labeling answer CSV, ONNX models (metadata, and run by tract), the STL-10
-# reader, image decoding + eval transform, and a config.json given to --config.
+# reader, image decoding + eval transform, a config.json given to --config, and resume states.
 #   bash scripts/fuzz.sh                 every target, 10 million runs or 1,800 s each, whichever
 #                                        comes first
 #   bash scripts/fuzz.sh pt_labels 60    one target, 60 s (or 10 million runs)
@@ -10,7 +10,7 @@
 # fuzz/artifacts/<target>/ and make this script fail.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-targets=("${1:-pt_labels stl10 image_decode onnx_metadata torch_checkpoint safetensors_weights merge_labels_csv onnx_model config_json}")
+targets=("${1:-pt_labels stl10 image_decode onnx_metadata torch_checkpoint safetensors_weights merge_labels_csv onnx_model config_json run_state}")
 secs="${2:-1800}"
 for t in ${targets[@]}; do
   mkdir -p "corpus/$t"

@@ -64,3 +64,8 @@ fn onnx_model() {
 fn config_json() {
     replay("config_json", exercise::config_json);
 }
+
+#[test]
+fn run_state() {
+    replay("run_state", exercise::run_state);
+}

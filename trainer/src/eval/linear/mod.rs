@@ -6,7 +6,7 @@
 //! instead; `standardize` normalises the features first (MAE's probe, see [`standardize`]).
 
 mod probe;
-mod resume;
+pub mod resume;
 mod standardize;
 
 use std::path::{Path, PathBuf};

@@ -63,6 +63,18 @@ impl Position {
     }
 }
 
+/// The position a state file holds, checked against the run: a hand-edited file could claim
+/// anything.
+pub fn position(map: &TensorMap, c: &LinearConfig, train_images: usize) -> Result<Position> {
+    let text = map
+        .metadata
+        .get(POSITION_KEY)
+        .with_context(|| format!("no `{POSITION_KEY}`"))?;
+    let pos: Position = serde_json::from_str(text).context("unreadable position")?;
+    pos.check(c, train_images)?;
+    Ok(pos)
+}
+
 pub fn path(out: &Path) -> PathBuf {
     out.join(FILE)
 }
@@ -142,10 +154,8 @@ pub fn restore(
             p.display()
         );
     }
-    let pos: Position = serde_json::from_str(meta(POSITION_KEY)?)
-        .with_context(|| format!("--resume: {}: unreadable position", p.display()))?;
-    pos.check(c, train_images)
-        .with_context(|| format!("--resume: {}", p.display()))?;
+    let pos =
+        position(&map, c, train_images).with_context(|| format!("--resume: {}", p.display()))?;
     let take = |name: &str, like: &Tensor| -> Result<Tensor> {
         let d = map
             .get(name)
