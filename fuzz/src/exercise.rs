@@ -197,7 +197,8 @@ pub fn run_state(data: &[u8]) {
     }
 }
 
-/// The pretraining record and the linear configuration the states are held against.
+/// The pretraining record and the linear configuration the states are held against (written
+/// by `pretrain` and `linear`, their paths renamed).
 fn this_run() -> &'static (
     trainer::config::Algorithm,
     trainer::eval::linear::LinearConfig,
@@ -207,15 +208,13 @@ fn this_run() -> &'static (
         trainer::eval::linear::LinearConfig,
     )> = OnceLock::new();
     RUN.get_or_init(|| {
-        let algorithm = serde_json::from_str(ALGORITHM).expect("a pretraining record");
-        let linear = serde_json::from_str(LINEAR).expect("a linear configuration");
+        let algorithm = serde_json::from_str(include_str!("run_state/algorithm.json"))
+            .expect("a pretraining record");
+        let linear = serde_json::from_str(include_str!("run_state/linear.json"))
+            .expect("a linear configuration");
         (algorithm, linear)
     })
 }
-
-const ALGORITHM: &str = r#"{"amp": "off", "arch": "resnet18", "augmentation": {"blur_p": 0.5, "blur_sigma": [0.1, 2.0], "flip_p": 0.5, "grayscale_p": 0.2, "jitter": [0.4, 0.4, 0.4, 0.1], "jitter_p": 0.8, "ratio": [0.75, 1.3333333333333333], "scale": [0.2, 1.0], "size": 32}, "batch_size": 16, "bn_splits": 8, "data": {"images": 160, "root": "/data/runs/data", "size": 32, "splits": ["unlabeled", "train"]}, "float64": false, "method": {"momentum": 0.99, "momentum_schedule": "constant", "name": "mocov2", "predictor": null, "projector": {"bias": true, "hidden": 512, "hidden_norm": false, "layers": 2, "out": 128, "out_norm": false}, "queue_size": 2048, "symmetric": false, "temperature": 0.2}, "optimizer": {"cosine": true, "kind": "sgd", "lr": 0.06, "momentum": 0.9, "warmup_steps": 0, "weight_decay": 0.0005}, "seed": 11, "total_steps": 6}"#;
-
-const LINEAR: &str = r#"{"batch_size": 256, "command_line": ["--encoder", "/work/runs/same-after/mocov2/encoder.safetensors", "--data", "/work/runs/same-after/data", "--out", "/work/runs/same-after/linear", "--epochs", "2", "--seed", "5", "--size", "32", "--threads", "1", "--no-tensorboard"], "compute": {"device": "auto", "threads": 1}, "data": {"cache_dir": null, "format": null, "root": "/data/runs/data", "size": 32}, "decay": {"milestones": [60, 80]}, "encoder": {"pretrained": {"path": "/data/runs/mocov2/encoder.safetensors"}}, "epochs": 2, "knn": null, "lr": 30.0, "mode": "augmented", "momentum": 0.9, "out": "/data/runs/linear", "progress": false, "resume": false, "seed": 5, "standardize": false, "tensorboard": null, "train_split": "train", "val_split": "val", "weight_decay": 0.0}"#;
 
 /// A folder-layout dataset: 2 classes × 2 train images, 4 unlabeled, written once.
 pub fn tiny_dataset() -> &'static Path {
