@@ -5,10 +5,12 @@
 #   bash scripts/fuzz.sh                 every target, 10 million runs or 1,800 s each, whichever
 #                                        comes first
 #   bash scripts/fuzz.sh pt_labels 60    one target, 60 s (or 10 million runs)
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). New corpus entries
-# stay in fuzz/corpus/<target>/ (only the seed-* files are committed); crashes land in
-# fuzz/artifacts/<target>/ and make this script fail.
+# Needs the nightly toolchain, cargo-fuzz (`cargo install cargo-fuzz`) and scripts/setup.sh's
+# .venv. New corpus entries stay in fuzz/corpus/<target>/ (only the seed-* files are committed);
+# crashes land in fuzz/artifacts/<target>/ and make this script fail.
 set -euo pipefail
+# run_state links the trainer: libtorch comes from the project's .venv (scripts/setup.sh).
+. "$(dirname "$0")/env.sh"
 cd "$(dirname "$0")/../fuzz"
 targets=("${1:-pt_labels stl10 image_decode onnx_metadata torch_checkpoint safetensors_weights merge_labels_csv onnx_model config_json run_state}")
 secs="${2:-1800}"
