@@ -16,16 +16,17 @@ fn main() -> ExitCode {
         print!("{}", clap_markdown::help_markdown::<Cli>());
         return ExitCode::SUCCESS;
     }
-    let argv = match config_file::expand(&Cli::command(), std::env::args_os().collect()) {
+    let command = Cli::command();
+    let argv = match config_file::expand(&command, std::env::args_os().collect()) {
         Ok(argv) => argv,
         Err(e) => {
             eprintln!("moco-train: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let matches = Cli::command().get_matches_from(&argv);
+    let recorded = config_file::command_line(&command, &argv);
+    let matches = command.get_matches_from(&argv);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let recorded = config_file::command_line(&Cli::command(), &argv);
     let result = isa::IsaPath::from_env().and_then(|_| cli.command.run(recorded));
     match result {
         Ok(()) => ExitCode::SUCCESS,

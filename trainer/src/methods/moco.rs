@@ -254,13 +254,6 @@ impl Moco {
             );
         }
         let ptr = self.ptr();
-        if ptr < 0 || ptr % n != 0 || ptr >= self.cfg.queue_size {
-            bail!(
-                "queue_ptr {ptr}: not a multiple of the {n} keys per step inside the queue of {} \
-                 (a checkpoint written with another batch, or edited)",
-                self.cfg.queue_size
-            );
-        }
         tch::no_grad(|| {
             self.queue
                 .narrow(1, ptr, n)
