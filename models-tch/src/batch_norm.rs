@@ -5,14 +5,16 @@
 //! [`GROUPS`], `[S·C]`) instead of repeating the torchvision buffers into groups and averaging
 //! them back after every forward as the official layer does: the update is linear, so the mean of
 //! the per-group statistics after any number of steps is exactly what the official layer's
-//! buffers hold, and a training forward costs 5 ops instead of 13. The torchvision buffers are
-//! brought up to date from the groups where they are read: an eval forward, and every save
-//! ([`sync_group_stats`]).
+//! buffers hold. The torchvision buffers are brought up to date from the groups where they are
+//! read: an eval forward, and every save ([`sync_group_stats`]). A training forward is one
+//! dispatcher op and its backward another (`csrc/split_batch_norm.cpp`), where the official
+//! layer dispatches 13 and autograd as many again.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 
 use tch::{nn, Kind, Tensor};
+use torch_sys::C_tensor;
 
 use models::layers::BatchNorm2d;
 
@@ -151,27 +153,69 @@ impl BatchNorm {
     /// MoCo's `SplitBatchNorm.forward` in training mode (moco/demo: colab notebook): fold the
     /// splits into channels and normalise with repeated parameters, each group's running
     /// statistics updated in place. Like the reference, it leaves `num_batches_tracked` alone.
+    /// One dispatcher op forward and one backward (`csrc/split_batch_norm.cpp`).
     fn split_forward(&self, x: &Tensor) -> Tensor {
-        let s = self.splits;
-        let shape = x.size();
-        let (n, c) = (shape[0], shape[1]);
-        assert!(n % s == 0, "batch {n} is not divisible by --bn-splits {s}");
         let (mean, var) = self.groups.as_ref().expect("splits > 1 has groups");
-        let mut folded = vec![-1, c * s];
-        folded.extend_from_slice(&shape[2..]);
-        let repeat = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat([s]));
         self.stale.set(true);
-        x.reshape(&folded)
-            .batch_norm(
-                repeat(&self.weight).as_ref(),
-                repeat(&self.bias).as_ref(),
-                Some(mean),
-                Some(var),
-                true,
-                self.spec.momentum,
-                self.spec.eps,
-                true,
-            )
-            .reshape(&shape)
+        split_batch_norm(
+            x,
+            (self.weight.as_ref(), self.bias.as_ref()),
+            (mean, var),
+            self.splits,
+            (self.spec.momentum, self.spec.eps),
+        )
     }
+}
+
+extern "C" {
+    fn moco_split_batch_norm(
+        out: *mut *mut C_tensor,
+        input: *mut C_tensor,
+        weight: *mut C_tensor,
+        bias: *mut C_tensor,
+        running_mean: *mut C_tensor,
+        running_var: *mut C_tensor,
+        splits: i64,
+        momentum: f64,
+        eps: f64,
+        error: *mut *const std::ffi::c_char,
+    ) -> i32;
+}
+
+/// `moco::split_batch_norm`: `x` normalised as `splits` groups (image i in group i mod splits),
+/// the groups' running statistics `[splits·C]` updated in place. Panics on a libtorch error, as
+/// tch's infallible ops do.
+fn split_batch_norm(
+    x: &Tensor,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    (mean, var): (&Tensor, &Tensor),
+    splits: i64,
+    (momentum, eps): (f64, f64),
+) -> Tensor {
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), Tensor::as_ptr) as *mut C_tensor;
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let mut error: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: every pointer is a live tch tensor (or null where the op takes an optional one);
+    // the C function catches every C++ exception and on success hands over a new tensor.
+    let rc = unsafe {
+        moco_split_batch_norm(
+            &mut out,
+            ptr(Some(x)),
+            ptr(weight),
+            ptr(bias),
+            ptr(Some(mean)),
+            ptr(Some(var)),
+            splits,
+            momentum,
+            eps,
+            &mut error,
+        )
+    };
+    if rc != 0 {
+        // SAFETY: on failure `error` points to a NUL-terminated message owned by the C side.
+        let msg = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy();
+        panic!("split batch norm: {msg}");
+    }
+    // SAFETY: `out` is a tensor the C side allocated for us to own.
+    unsafe { Tensor::from_ptr(out) }
 }

@@ -8,11 +8,14 @@
 //!   (PIL's triangle filter, widened by the scale when the crop shrinks), which are plain bilinear
 //!   for crops that grow. No per-image path for crops larger than the view.
 //! - ColorJitter runs as its four rounds over the whole batch: in round r every image applies the
-//!   adjustment its own order puts there, the other three with identity factors (exact: a factor
-//!   of 1 and a blend with weight 0 leave values unchanged), and hue, which does not round-trip
-//!   exactly, through a `where` on the images that shift their hue in that round.
-//! - Grayscale through a `where`; the blur as one grouped convolution per axis with per-view
-//!   kernels computed on the device (the unblurred views get a unit impulse, also exact).
+//!   adjustment its own order puts there. Brightness, contrast and saturation are one blend
+//!   `x·f + w_mean·mean(gray) + w_gray·gray` with per-view factors (a view whose round is another
+//!   adjustment gets f = 1 and zero weights, which leaves it exact), hue — which does not
+//!   round-trip exactly — a `lerp` with weight 1 on the views that shift their hue in that round
+//!   and 0 on the others (exact both ways).
+//! - Grayscale through a `lerp` of the same kind; the blur as one grouped convolution per axis
+//!   with per-view kernels computed on the device (the unblurred views get a unit impulse, also
+//!   exact).
 //!
 //! The CPU keeps its own path (`color_cpu`, `blur_cpu`): per-image host loops are faster there.
 //! tests/augment_parity.rs holds this path to the per-op reference and to torchvision.
@@ -38,6 +41,7 @@ pub struct Consts {
     /// Blur taps −6..6 as `[1, taps]`, and the unit impulse.
     taps: Tensor,
     impulse: Tensor,
+    hue: super::ops::HueConsts,
 }
 
 impl Consts {
@@ -58,6 +62,7 @@ impl Consts {
             cols: Tensor::arange(w, opts).view([1, 1, w]),
             impulse: taps.eq(0.0).to_kind(Kind::Float),
             taps,
+            hue: super::ops::HueConsts::new(Kind::Float, device),
         }
     }
 }
@@ -89,10 +94,16 @@ mod col {
     pub const GRAY: usize = 5;
     /// Blur σ (0: not blurred).
     pub const SIGMA: usize = 6;
-    /// Per jitter round r: brightness factor, contrast factor, 1 − contrast, saturation factor,
-    /// 1 − saturation, hue shift, hue mask (1 when the view shifts its hue in round r).
+    /// Per jitter round r, from its start: the blend's factor f, its weights of the gray mean
+    /// (1 − contrast on a contrast round) and of the gray image (1 − saturation), the hue mask
+    /// (1 when the view shifts its hue in round r) and 6·shift.
     pub const ROUND: usize = 7;
-    pub const PER_ROUND: usize = 7;
+    pub const FACTOR: usize = 0;
+    pub const MEAN_WEIGHT: usize = 1;
+    pub const GRAY_WEIGHT: usize = 2;
+    pub const HUE: usize = 3;
+    pub const HUE_SHIFT6: usize = 4;
+    pub const PER_ROUND: usize = 5;
     pub const WIDTH_ALL: usize = ROUND + 4 * PER_ROUND;
 }
 
@@ -108,31 +119,22 @@ fn row(v: &ViewParams) -> [f32; col::WIDTH_ALL] {
     r[col::SIGMA] = v.blur_sigma.unwrap_or(0.0);
     for round in 0..4 {
         let at = col::ROUND + round * col::PER_ROUND;
-        let op = v.jitter.map(|j| j.order[round]);
-        let factor = |which: u8, f: fn(&super::Jitter) -> f32| match (op, v.jitter) {
-            (Some(o), Some(j)) if o == which => f(&j),
-            _ => 1.0,
-        };
-        let (b, c, s) = (
-            factor(0, |j| j.brightness),
-            factor(1, |j| j.contrast),
-            factor(2, |j| j.saturation),
-        );
-        let hue = match (op, v.jitter) {
-            (Some(3), Some(j)) => Some(j.hue),
-            _ => None,
-        };
-        r[at..at + col::PER_ROUND].copy_from_slice(&[
-            b,
-            c,
-            1.0 - c,
-            s,
-            1.0 - s,
-            hue.unwrap_or(0.0),
-            f32::from(u8::from(hue.is_some())),
-        ]);
+        r[at..at + col::PER_ROUND].copy_from_slice(&round_columns(v, round));
     }
     r
+}
+
+/// A view's columns of jitter round `round`: identity unless its order puts an adjustment there.
+fn round_columns(v: &ViewParams, round: usize) -> [f32; col::PER_ROUND] {
+    let Some(j) = v.jitter else {
+        return [1.0, 0.0, 0.0, 0.0, 0.0];
+    };
+    match j.order[round] {
+        0 => [j.brightness, 0.0, 0.0, 0.0, 0.0],
+        1 => [j.contrast, 1.0 - j.contrast, 0.0, 0.0, 0.0],
+        2 => [j.saturation, 0.0, 1.0 - j.saturation, 0.0, 0.0],
+        _ => [1.0, 0.0, 0.0, 1.0, 6.0 * j.hue],
+    }
 }
 
 /// What the pass needs of the draws beyond the tensor: which stages some view uses at all.
@@ -212,9 +214,7 @@ fn upload(all: &[&ViewParams], device: Device) -> Vec<Tensor> {
 fn colour_stage(x: Tensor, cols: &[Tensor], u: &Uses, k: &Consts) -> Tensor {
     let x = jitter(x, cols, u, k);
     if u.gray {
-        gray(&x, k)
-            .expand_as(&x)
-            .where_self(&cols[col::GRAY].gt(0.5), &x)
+        x.lerp_tensor(&gray(&x, k), &cols[col::GRAY])
     } else {
         x
     }
@@ -270,22 +270,41 @@ fn resized_crop_flip(x: &Tensor, cols: &[Tensor], k: &Consts) -> Tensor {
 fn jitter(mut x: Tensor, cols: &[Tensor], u: &Uses, k: &Consts) -> Tensor {
     for (round, used) in u.rounds.iter().enumerate() {
         let c = |i: usize| &cols[col::ROUND + round * col::PER_ROUND + i];
-        if used[0] {
-            x = (&x * c(0)).clamp(0.0, 1.0);
-        }
-        if used[1] {
-            let mean = gray(&x, k).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
-            x = (&x * c(1) + mean * c(2)).clamp(0.0, 1.0);
-        }
-        if used[2] {
-            x = (&x * c(3) + gray(&x, k) * c(4)).clamp(0.0, 1.0);
+        if used[0] || used[1] || used[2] {
+            x = blend_round(&x, c, (used[1], used[2]), k);
         }
         if used[3] {
-            let shifted = super::ops::adjust_hue_by(&x, &c(5).view([-1, 1, 1]));
-            x = shifted.where_self(&c(6).gt(0.5), &x);
+            let shifted = super::ops::hue_shifted(&x, c(col::HUE_SHIFT6), &k.hue);
+            x = x.lerp_tensor(&shifted, c(col::HUE));
         }
     }
     x
+}
+
+/// Brightness, contrast and saturation of one round as `clamp(x·f + w_mean·mean(gray) +
+/// w_gray·gray, 0, 1)` (torchvision's `_blend` for each, term for term where the other weights
+/// are zero); `(contrast, saturation)`: whether some view needs the gray image at all.
+fn blend_round<'a>(
+    x: &Tensor,
+    c: impl Fn(usize) -> &'a Tensor,
+    (contrast, saturation): (bool, bool),
+    k: &Consts,
+) -> Tensor {
+    let term = (contrast || saturation).then(|| {
+        let g = gray(x, k);
+        let mean = contrast
+            .then(|| g.mean_dim(&[1i64, 2, 3][..], true, Kind::Float) * c(col::MEAN_WEIGHT));
+        match (mean, saturation) {
+            (Some(m), true) => m.addcmul(&g, c(col::GRAY_WEIGHT)),
+            (Some(m), false) => m,
+            (None, _) => g * c(col::GRAY_WEIGHT),
+        }
+    });
+    match term {
+        Some(t) => t.addcmul(x, c(col::FACTOR)),
+        None => x * c(col::FACTOR),
+    }
+    .clamp(0.0, 1.0)
 }
 
 /// GaussianBlur with per-view σ (0: a unit impulse, which leaves the view exact) as one grouped

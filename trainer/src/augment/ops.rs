@@ -125,50 +125,56 @@ pub fn adjust_saturation(x: &Tensor, f: &[f32]) -> Tensor {
     blend(x, &grayscale(x), &f)
 }
 
-/// torchvision's `_rgb2hsv` → shift hue → `_hsv2rgb`, term for term.
+/// torchvision's `adjust_hue` (`_rgb2hsv` → shift the hue → `_hsv2rgb`) by per-image shifts
+/// `f` in [−0.5, 0.5].
 pub fn adjust_hue(x: &Tensor, f: &[f32]) -> Tensor {
-    adjust_hue_by(x, &per_image(f, x.device(), x.kind()).squeeze_dim(1))
+    let shift6: Vec<f32> = f.iter().map(|&f| 6.0 * f).collect();
+    let shift6 = per_image(&shift6, x.device(), x.kind());
+    hue_shifted(x, &shift6, &HueConsts::new(x.kind(), x.device()))
 }
 
-/// [`adjust_hue`] by per-image shifts `f` `[N,1,1]` on the device.
-pub fn adjust_hue_by(x: &Tensor, f: &Tensor) -> Tensor {
-    let rgb = x.unbind(1);
-    let (r, g, b) = (&rgb[0], &rgb[1], &rgb[2]);
-    let maxc = x.amax(&[1i64][..], false);
-    let minc = x.amin(&[1i64][..], false);
-    let eqc = maxc.eq_tensor(&minc);
-    let cr = &maxc - &minc;
-    let ones = maxc.ones_like();
-    let s = &cr / ones.where_self(&eqc, &maxc);
-    let cr_div = ones.where_self(&eqc, &cr);
-    let rc = (&maxc - r) / &cr_div;
-    let gc = (&maxc - g) / &cr_div;
-    let bc = (&maxc - b) / &cr_div;
-    let is_r = maxc.eq_tensor(r);
-    let is_g = maxc.eq_tensor(g);
-    let hr = is_r.to_kind(x.kind()) * (&bc - &gc);
-    let hg = is_g.logical_and(&is_r.logical_not()).to_kind(x.kind()) * (2.0 + &rc - &bc);
-    let hb = is_g
-        .logical_not()
-        .logical_and(&is_r.logical_not())
-        .to_kind(x.kind())
-        * (4.0 + &gc - &rc);
-    let hsum: Tensor = hr + hg + hb;
-    let h = (hsum / 6.0 + 1.0).fmod(1.0);
-    let h = (h + f).remainder(1.0);
-    // HSV → RGB as one elementwise expression per channel, c = v − v·s·clamp(min(k, 4−k), 0, 1)
-    // with k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B: the same values as torchvision's
-    // sector table (`_hsv2rgb`, an einsum over six stacked candidates, 40× slower on CPU), up to
-    // rounding in the last bit.
-    let v = maxc;
-    let vs = &v * &s;
-    let h6 = h * 6.0;
-    let channel = |n: f64| {
-        let k = (&h6 + n).remainder(6.0);
-        let w = k.minimum(&(k.neg() + 4.0)).clamp(0.0, 1.0);
-        &v - &vs * w
-    };
-    Tensor::stack(&[channel(5.0), channel(3.0), channel(1.0)], 1)
+/// The constants of [`hue_shifted`], made once per device: 2c for the channels c of R, G, B,
+/// and the sector offsets n = 5, 3, 1 of `_hsv2rgb`'s closed form, each as `[1,3,1,1]`.
+pub struct HueConsts {
+    channels: Tensor,
+    sectors: Tensor,
+}
+
+impl HueConsts {
+    pub fn new(kind: Kind, device: Device) -> HueConsts {
+        let c = |v: [f32; 3]| {
+            Tensor::from_slice(&v)
+                .to(device)
+                .to_kind(kind)
+                .view([1, 3, 1, 1])
+        };
+        HueConsts {
+            channels: c([0.0, 2.0, 4.0]),
+            sectors: c([5.0, 3.0, 1.0]),
+        }
+    }
+}
+
+/// The images `x` `[N,3,H,W]` with their hue shifted by `shift6`/6 (`[N,1,1,1]`: 6·shift): the
+/// hue round trip in 21 batched ops (a GPU step dispatches it in every jitter round).
+///
+/// 6·hue is the max channel's entry of (d[c−1] − d[c+1] + 2c), d = (max − x)/(max − min): the
+/// three cases of `_rgb2hsv` as one `roll` pair and a `gather` at the first maximal channel (its
+/// tie-break: R before G before B). HSV → RGB is one expression per channel,
+/// c = v − (max − min)·clamp(min(k, 4−k), 0, 1) with k = ((6·hue + 6·shift) mod 6 + n) mod 6: the
+/// values of `_hsv2rgb`'s sector table (an einsum over six stacked candidates), since v·s =
+/// max − min. The shifted hue is reduced mod 6 before n is added, so k never carries the
+/// rounding of a sum near 12: against the float64 value this stays as close as torchvision's
+/// float32 path (tests/augment_parity.rs).
+pub fn hue_shifted(x: &Tensor, shift6: &Tensor, k: &HueConsts) -> Tensor {
+    let (maxc, first) = x.max_dim(1, true);
+    let range = &maxc - x.amin(&[1i64][..], true);
+    // 0/tiny = 0 where the pixel is gray (range 0): its hue is irrelevant, as `_rgb2hsv` makes it.
+    let d = (&maxc - x) / range.clamp_min(1e-30);
+    let h6 = (d.roll([1], [1]) - d.roll([-1], [1]) + &k.channels).gather(1, &first, false);
+    let sector = ((h6 + shift6).remainder(6.0) + &k.sectors).remainder(6.0);
+    let w = sector.minimum(&(sector.neg() + 4.0)).clamp(0.0, 1.0);
+    maxc - range * w
 }
 
 /// Taps of the blur kernel: ±3σ for the largest σ of aug+ (2.0), so no draw is truncated much.
