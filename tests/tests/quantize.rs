@@ -141,12 +141,21 @@ fn int8_export_is_fused_by_onnx_runtime_and_stays_near_fp32() {
     let tract = logits(&int8, BackendKind::Tract, &images, n);
     // 21 layers of uint8 activations (each rounding ≤ half a step, 1/510 of the tensor's range)
     // and int8 weights compound to a few percent of the logits' scale: 0.041 (ort) and 0.042
-    // (tract) measured on an AVX-512 VNNI CPU; the bound leaves room for ONNX Runtime's u8×s8
-    // kernels on CPUs without VNNI, whose 16-bit pair sums can saturate. A wrong scale, zero
-    // point or bias scale is off by far more (and is not fused into QLinearConv, above).
+    // (tract) measured on an AVX-512 VNNI CPU. Without VNNI, ONNX Runtime's u8×s8 kernels sum
+    // pairs of products in 16 bits, which saturate: 0.118 (ort) against 0.055 (tract) on an
+    // AVX2-only EPYC, hence a looser bound for ort there. A wrong scale, zero point or bias scale
+    // is off by far more (and is not fused into QLinearConv, above).
     let (e_ort, e_tract) = (relative(&ort, &want), relative(&tract, &want));
     eprintln!("int8 vs fp32, relative to the logits' scale: ort {e_ort:.4}, tract {e_tract:.4}");
-    assert!(e_ort < 0.1, "ort int8 vs fp32: {e_ort}");
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vnni = cpuinfo
+        .split_whitespace()
+        .any(|f| f == "avx512_vnni" || f == "avx_vnni");
+    let ort_bound = if vnni { 0.1 } else { 0.15 };
+    assert!(
+        e_ort < ort_bound,
+        "ort int8 vs fp32: {e_ort} (VNNI: {vnni})"
+    );
     assert!(e_tract < 0.1, "tract int8 vs fp32: {e_tract}");
 }
 
