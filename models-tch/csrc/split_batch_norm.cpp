@@ -74,7 +74,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_plain(
 at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                          const at::Tensor& mean, const at::Tensor& var, const at::Tensor& reserve,
                          int64_t impl, int64_t splits, double eps, std::array<bool, 3> mask,
-                         at::Tensor* gw, at::Tensor* gb);
+                         at::Tensor* gw, at::Tensor* gb) {
+  // `weight`: repeated over the splits, as the forward normalised with it.
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("moco::split_batch_norm_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
+              std::array<bool, 3>)>();
+  std::optional<at::Tensor> w;
+  if (weight.defined()) {
+    w = weight;
+  }
+  auto [gx, gw_, gb_] = op.call(grad, input, w, mean, var, reserve, impl, splits, eps, mask);
+  *gw = gw_;
+  *gb = gb_;
+  return gx;
+}
 
 struct SplitBatchNorm : public torch::autograd::Function<SplitBatchNorm> {
   // Weight and bias as optionals: an undefined tensor is not a valid input of a Function.
@@ -111,28 +128,6 @@ at::Tensor forward_autograd(const at::Tensor& input, const std::optional<at::Ten
                             double eps) {
   return SplitBatchNorm::apply(input, weight, bias, running_mean, running_var, splits, momentum,
                                eps);
-}
-
-at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
-                         const at::Tensor& mean, const at::Tensor& var, const at::Tensor& reserve,
-                         int64_t impl, int64_t splits, double eps, std::array<bool, 3> mask,
-                         at::Tensor* gw, at::Tensor* gb) {
-  // `weight`: repeated over the splits, as the forward normalised with it.
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("moco::split_batch_norm_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
-              std::array<bool, 3>)>();
-  std::optional<at::Tensor> w;
-  if (weight.defined()) {
-    w = weight;
-  }
-  auto [gx, gw_, gb_] = op.call(grad, input, w, mean, var, reserve, impl, splits, eps, mask);
-  *gw = gw_;
-  *gb = gb_;
-  return gx;
 }
 
 thread_local std::string last_error;

@@ -147,10 +147,7 @@ fn int8_export_is_fused_by_onnx_runtime_and_stays_near_fp32() {
     // is off by far more (and is not fused into QLinearConv, above).
     let (e_ort, e_tract) = (relative(&ort, &want), relative(&tract, &want));
     eprintln!("int8 vs fp32, relative to the logits' scale: ort {e_ort:.4}, tract {e_tract:.4}");
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let vnni = cpuinfo
-        .split_whitespace()
-        .any(|f| f == "avx512_vnni" || f == "avx_vnni");
+    let vnni = trainer::runtime::isa::cpu_has_any(&["avx512_vnni", "avx_vnni"]);
     let ort_bound = if vnni { 0.1 } else { 0.15 };
     assert!(
         e_ort < ort_bound,

@@ -113,21 +113,21 @@ const ONEDNN_BF16_ISAS: &[&str] = &[
     "DEFAULT",
 ];
 
+/// Whether /proc/cpuinfo lists one of `flags` for the first CPU (x86 `flags`, Arm `Features`).
+pub fn cpu_has_any(flags: &[&str]) -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .is_some_and(|l| l.split_whitespace().any(|f| flags.contains(&f)))
+}
+
 /// Why bf16 convolutions and matmuls would not run natively on this CPU (`None` when they do):
 /// no `avx512_bf16` or `amx_bf16` flag (x86-64) or `bf16` feature (Arm), or oneDNN held below
 /// them by `ONEDNN_MAX_CPU_ISA`. Without them oneDNN converts to float32 and back around every
 /// kernel, far slower than float32 alone.
 pub fn no_native_bf16() -> Option<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let features: Vec<&str> = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    if !["avx512_bf16", "amx_bf16", "bf16"]
-        .iter()
-        .any(|f| features.contains(f))
-    {
+    if !cpu_has_any(&["avx512_bf16", "amx_bf16", "bf16"]) {
         return Some("this CPU has no native bf16 (no avx512_bf16, amx_bf16 or Arm bf16)".into());
     }
     match std::env::var("ONEDNN_MAX_CPU_ISA") {
