@@ -121,49 +121,78 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        if !train {
-            self.sync();
-            return self.whole_batch(x, false);
-        }
-        if self.splits == 1 {
-            let y = self.whole_batch(x, true);
-            tch::no_grad(|| {
-                let _ = self.num_batches_tracked.shallow_clone().f_add_scalar_(1);
-            });
-            return y;
-        }
-        self.split_forward(x)
+        self.forward(x, Mode::from_train(train))
     }
 
-    /// Plain BatchNorm: batch statistics (updating the running ones) when `training`, else the
-    /// running statistics.
-    fn whole_batch(&self, x: &Tensor, training: bool) -> Tensor {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
+        match mode {
+            Mode::Eval => {
+                self.sync();
+                self.with_running_stats(x)
+            }
+            Mode::Train { views } => self.train_forward(x, views),
+        }
+    }
+
+    fn with_running_stats(&self, x: &Tensor) -> Tensor {
         x.batch_norm(
             self.weight.as_ref(),
             self.bias.as_ref(),
             Some(&self.running_mean),
             Some(&self.running_var),
-            training,
+            false,
             self.spec.momentum,
             self.spec.eps,
             true,
         )
     }
 
-    /// MoCo's `SplitBatchNorm.forward` in training mode (moco/demo: colab notebook): fold the
-    /// splits into channels and normalise with repeated parameters, each group's running
-    /// statistics updated in place. Like the reference, it leaves `num_batches_tracked` alone.
-    /// One dispatcher op forward and one backward (`csrc/split_batch_norm.cpp`).
-    fn split_forward(&self, x: &Tensor) -> Tensor {
-        let (mean, var) = self.groups.as_ref().expect("splits > 1 has groups");
-        self.stale.set(true);
+    /// A training forward: plain BatchNorm (counting `num_batches_tracked`) or MoCo's
+    /// `SplitBatchNorm.forward` (moco/demo: colab notebook; each group's running statistics
+    /// updated in place, `num_batches_tracked` left alone as there), per view. One dispatcher op
+    /// forward and one backward (`csrc/split_batch_norm.cpp`).
+    fn train_forward(&self, x: &Tensor, views: i64) -> Tensor {
+        let (mean, var, count) = match &self.groups {
+            Some((mean, var)) => {
+                self.stale.set(true);
+                (mean, var, None)
+            }
+            None => (
+                &self.running_mean,
+                &self.running_var,
+                Some(&self.num_batches_tracked),
+            ),
+        };
         split_batch_norm(
             x,
             (self.weight.as_ref(), self.bias.as_ref()),
-            (mean, var),
-            self.splits,
+            (mean, var, count),
+            (self.splits, views),
             (self.spec.momentum, self.spec.eps),
         )
+    }
+}
+
+/// How a forward normalises: with the running statistics, or in training with the batch's —
+/// `views` interleaved views of one batch (image i of view v at row i·views + v), each view
+/// normalised and counted as if it had been a forward of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train { views: i64 },
+}
+
+impl Mode {
+    pub fn from_train(train: bool) -> Self {
+        if train {
+            Mode::Train { views: 1 }
+        } else {
+            Mode::Eval
+        }
+    }
+
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
     }
 }
 
@@ -175,21 +204,24 @@ extern "C" {
         bias: *mut C_tensor,
         running_mean: *mut C_tensor,
         running_var: *mut C_tensor,
+        num_batches_tracked: *mut C_tensor,
         splits: i64,
+        views: i64,
         momentum: f64,
         eps: f64,
         error: *mut *const std::ffi::c_char,
     ) -> i32;
 }
 
-/// `moco::split_batch_norm`: `x` normalised as `splits` groups (image i in group i mod splits),
-/// the groups' running statistics `[splits·C]` updated in place. Panics on a libtorch error, as
-/// tch's infallible ops do.
+/// `moco::split_batch_norm`: each of `views` interleaved views of `x` normalised as `splits`
+/// groups (image i of a view in group i mod splits), the groups' running statistics
+/// `[splits·C]` updated in place as by one forward per view in order, and `count` (if given)
+/// raised by `views`. Panics on a libtorch error, as tch's infallible ops do.
 fn split_batch_norm(
     x: &Tensor,
     (weight, bias): (Option<&Tensor>, Option<&Tensor>),
-    (mean, var): (&Tensor, &Tensor),
-    splits: i64,
+    (mean, var, count): (&Tensor, &Tensor, Option<&Tensor>),
+    (splits, views): (i64, i64),
     (momentum, eps): (f64, f64),
 ) -> Tensor {
     let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), Tensor::as_ptr) as *mut C_tensor;
@@ -205,7 +237,9 @@ fn split_batch_norm(
             ptr(bias),
             ptr(Some(mean)),
             ptr(Some(var)),
+            ptr(count),
             splits,
+            views,
             momentum,
             eps,
             &mut error,

@@ -6,7 +6,7 @@ use tch::Tensor;
 use models::heads::{Classifier, MlpHead, MlpLayer};
 use models::layers::Linear;
 
-use crate::batch_norm::BatchNorm;
+use crate::batch_norm::{BatchNorm, Mode};
 use crate::path_for;
 
 #[derive(Debug)]
@@ -74,9 +74,13 @@ impl MlpHeadModule {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward(x, Mode::from_train(train))
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         self.layers.iter().fold(x.shallow_clone(), |h, l| match l {
             LayerModule::Linear(fc) => fc.forward(&h),
-            LayerModule::Norm(bn) => bn.forward_t(&h, train),
+            LayerModule::Norm(bn) => bn.forward(&h, mode),
             LayerModule::Relu => h.relu(),
         })
     }

@@ -11,7 +11,7 @@ pub mod device;
 pub mod heads;
 pub mod resnet;
 
-pub use batch_norm::BatchNorm;
+pub use batch_norm::{BatchNorm, Mode};
 pub use convert::{load_into, tensor_to_data, to_tensor_map};
 pub use device::parse_device;
 pub use heads::{ClassifierModule, MlpHeadModule};

@@ -9,7 +9,7 @@ use tch::Tensor;
 use models::layers::ConvBn;
 use models::resnet::{Lowering, ResNetDesc};
 
-use crate::batch_norm::BatchNorm;
+use crate::batch_norm::{BatchNorm, Mode};
 use crate::path_for;
 
 /// torchvision's `ResNet.__init__`: `kaiming_normal_(mode="fan_out", nonlinearity="relu")`.
@@ -39,7 +39,7 @@ impl ConvBnModule {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         let y = x.conv2d(
             &self.weight,
             None::<Tensor>,
@@ -48,7 +48,7 @@ impl ConvBnModule {
             [1, 1],
             1,
         );
-        self.bn.forward_t(&y, train)
+        self.bn.forward(&y, mode)
     }
 }
 
@@ -64,7 +64,7 @@ pub struct ResNet {
 /// The libtorch side of [`Lowering`]: values are tensors.
 struct TchLowering<'a> {
     units: &'a HashMap<String, ConvBnModule>,
-    train: bool,
+    mode: Mode,
 }
 
 impl Lowering for TchLowering<'_> {
@@ -75,7 +75,7 @@ impl Lowering for TchLowering<'_> {
     }
 
     fn conv_bn(&mut self, unit: &ConvBn, x: &Tensor) -> Tensor {
-        self.units[&unit.conv.name].forward_t(x, self.train)
+        self.units[&unit.conv.name].forward(x, self.mode)
     }
 
     fn relu(&mut self, x: &Tensor, _: &str) -> Tensor {
@@ -108,23 +108,21 @@ impl ResNet {
     }
 
     /// The feature map before pooling, `[N, feature_dim, H/32, W/32]`.
-    pub fn feature_map_t(&self, x: &Tensor, train: bool) -> Tensor {
+    pub fn feature_map(&self, x: &Tensor, mode: Mode) -> Tensor {
         let s = &self.desc.stem;
         let (k, st, p) = (
             s.pool_kernel as i64,
             s.pool_stride as i64,
             s.pool_padding as i64,
         );
-        let mut x = self.stem.forward_t(x, train).relu().max_pool2d(
-            [k, k],
-            [st, st],
-            [p, p],
-            [1, 1],
-            false,
-        );
+        let mut x =
+            self.stem
+                .forward(x, mode)
+                .relu()
+                .max_pool2d([k, k], [st, st], [p, p], [1, 1], false);
         let mut l = TchLowering {
             units: &self.units,
-            train,
+            mode,
         };
         for block in self.desc.stages.iter().flat_map(|s| &s.blocks) {
             x = block.lower(&mut l, &x);
@@ -134,14 +132,18 @@ impl ResNet {
 
     /// Globally average-pooled features, `[N, feature_dim]` (torchvision's input to `fc`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.feature_map_t(x, train)
+        self.forward(x, Mode::from_train(train))
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
+        self.feature_map(x, mode)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
     }
 
     /// The stem's convolution output (after BN and ReLU), for feature-map figures.
     pub fn stem_activations(&self, x: &Tensor) -> Tensor {
-        self.stem.forward_t(x, false).relu()
+        self.stem.forward(x, Mode::Eval).relu()
     }
 }
 

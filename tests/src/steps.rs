@@ -86,12 +86,25 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
 /// The method as the trainer builds it (resnet18 on the CPU, its networks drawn after
 /// `tch::manual_seed(INIT_SEED)`), in `kind`.
 pub fn build(cfg: &MethodConfig, bn_splits: i64, batch: usize, kind: Kind) -> Box<dyn Method> {
+    build_with(cfg, bn_splits, batch, kind, false)
+}
+
+/// [`build`], with both views through a network in one forward where `merge_views` (the GPU's
+/// step).
+pub fn build_with(
+    cfg: &MethodConfig,
+    bn_splits: i64,
+    batch: usize,
+    kind: Kind,
+    merge_views: bool,
+) -> Box<dyn Method> {
     tch::manual_seed(INIT_SEED);
     let b = Build {
         arch: Arch::Resnet18,
         device: Device::Cpu,
         bn_splits,
         batch,
+        merge_views,
     };
     let method = (methods::find(&cfg.name).unwrap().build)(cfg, &b).unwrap();
     trainer::train::set_kind(method.as_ref(), kind);

@@ -248,6 +248,11 @@ pub struct RunSettings {
     /// float32 convolutions and matmuls on CUDA without TF32 (`--no-tf32`).
     #[serde(default)]
     pub no_tf32: bool,
+    /// The GPU's step on any device (`bench-step --gpu-path`; always on CUDA): the batched
+    /// augmentation, and both views through a network in one forward. On the CPU it shows what a
+    /// GPU step dispatches; the CPU's own step keeps PyTorch's order of arithmetic.
+    #[serde(default)]
+    pub device_path: bool,
     /// The flags that built this configuration, recorded for `--config` (empty in-process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command_line: Vec<String>,

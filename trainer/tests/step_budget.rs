@@ -54,3 +54,21 @@ fn mocov2_gpu_step_stays_within_its_op_budget_without_a_host_sync() {
     assert!(ops <= 600.0, "{ops} top-level ops per step (budget 600)");
     assert_eq!(syncs, 0.0, "host syncs on a step that does not log");
 }
+
+/// Every other method within 1.3× of MoCo v2's count: MoCo v3 and BYOL put both views through
+/// each network in one forward on the GPU's path (1,024 and 1,030 ops when each view took a
+/// forward of its own; 630 and 631 now).
+#[test]
+fn every_method_stays_within_1_3_times_mocov2() {
+    let (v2, _) = counted_step("mocov2", &["--bn-splits", "8", "--queue-size", "64"]);
+    for method in ["mocov1", "mocov3", "simclr", "byol"] {
+        let extra: &[&str] = match method {
+            "mocov1" => &["--bn-splits", "8", "--queue-size", "64"],
+            _ => &[],
+        };
+        let (ops, syncs) = counted_step(method, extra);
+        eprintln!("{method}: {ops} top-level ops ({:.2}× MoCo v2's {v2})", ops / v2);
+        assert!(ops <= 1.3 * v2, "{method}: {ops} ops, over 1.3 × {v2}");
+        assert_eq!(syncs, 0.0, "{method}: host syncs on a step that does not log");
+    }
+}

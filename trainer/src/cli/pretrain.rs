@@ -264,6 +264,7 @@ impl PretrainArgs {
                 preset: self.preset.map(|p| p.name().to_string()),
                 save_init: self.save_init.clone(),
                 no_tf32: self.no_tf32,
+                device_path: false,
             },
         })
     }

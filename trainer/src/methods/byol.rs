@@ -13,7 +13,7 @@ use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
 use tch::Tensor;
 
-use super::parts::{named, Online, Target};
+use super::parts::{named, Online, Target, ViewPair};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
@@ -39,6 +39,7 @@ pub const BYOL: Entry = Entry {
             cfg: cfg.clone(),
             online,
             target,
+            merge_views: b.merge_views,
         }))
     },
 };
@@ -115,6 +116,7 @@ pub struct Byol {
     cfg: MethodConfig,
     online: Online,
     target: Target,
+    merge_views: bool,
 }
 
 impl Byol {
@@ -130,18 +132,9 @@ impl Method for Byol {
         if planted(EMA_BEFORE_STEP) {
             self.target.update(self.tau(ctx))?;
         }
-        let p1 = self
-            .online
-            .predict(&self.online.enc.project(x1, true), true);
-        let p2 = self
-            .online
-            .predict(&self.online.enc.project(x2, true), true);
-        let (t1, t2) = tch::no_grad(|| {
-            (
-                self.target.enc.project(x1, true),
-                self.target.enc.project(x2, true),
-            )
-        });
+        let views = ViewPair::new(x1, x2, self.merge_views);
+        let (p1, p2) = self.online.predictions(&views);
+        let (t1, t2) = tch::no_grad(|| self.target.enc.projections(&views));
         let loss = byol_regression(&p1, &t2) + byol_regression(&p2, &t1);
         Ok(Loss::local_mean(loss))
     }

@@ -12,7 +12,7 @@ use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
 use tch::{Kind, Tensor};
 
-use super::parts::{named, Online, Target};
+use super::parts::{named, Online, Target, ViewPair};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
@@ -40,6 +40,7 @@ pub const MOCOV3: Entry = Entry {
             q,
             k,
             dist: None,
+            merge_views: b.merge_views,
         }))
     },
 };
@@ -97,6 +98,7 @@ pub struct MocoV3 {
     q: Online,
     k: Target,
     dist: Option<Rc<Dist>>,
+    merge_views: bool,
 }
 
 impl MocoV3 {
@@ -116,15 +118,14 @@ impl MocoV3 {
 
 impl Method for MocoV3 {
     fn loss(&mut self, x1: &Tensor, x2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
-        let q1 = self.q.predict(&self.q.enc.project(x1, true), true);
-        let q2 = self.q.predict(&self.q.enc.project(x2, true), true);
+        let views = ViewPair::new(x1, x2, self.merge_views);
+        let (q1, q2) = self.q.predictions(&views);
         let m = self
             .cfg
             .momentum_schedule
             .at(self.cfg.momentum, ctx.step, ctx.total_steps);
         self.k.update(m)?;
-        let (k1, k2) =
-            tch::no_grad(|| (self.k.enc.project(x1, true), self.k.enc.project(x2, true)));
+        let (k1, k2) = tch::no_grad(|| self.k.enc.projections(&views));
         let (k1, k2) = if planted(SAME_VIEW_KEYS) {
             (k2, k1)
         } else {

@@ -56,6 +56,10 @@ pub struct Build {
     pub bn_splits: i64,
     /// Images per step over all ranks.
     pub batch: usize,
+    /// Both views through a network in one forward, each view normalised on its own (what a GPU
+    /// step needs: half the launches). Off on the CPU, whose two forwards then add up their
+    /// gradients in PyTorch's order, bit for bit in float64.
+    pub merge_views: bool,
 }
 
 pub fn find(name: &str) -> Result<&'static Entry> {

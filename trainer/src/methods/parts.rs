@@ -4,11 +4,12 @@
 
 use anyhow::Result;
 use models::{MlpHead, MlpShape, ResNetDesc};
-use models_tch::{MlpHeadModule, ResNet};
+use models_tch::{MlpHeadModule, Mode, ResNet};
 use tch::nn::{self, VarStore};
 use tch::{Device, Tensor};
 
 use crate::config::MethodConfig;
+use crate::runtime::faults::{planted, Fault};
 
 /// The projector described by a method's shape: a bare `fc` for one layer (torchvision's own
 /// classifier with `out` classes, as MoCo v1 uses it), else a `Sequential` named `fc.<i>`.
@@ -45,9 +46,52 @@ impl Encoder {
 
     /// The projection, not normalised.
     pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
-        self.head
-            .forward_t(&self.backbone.forward_t(x, train), train)
+        self.project_in(x, Mode::from_train(train))
     }
+
+    /// The training projections of both views.
+    pub fn projections(&self, views: &ViewPair) -> (Tensor, Tensor) {
+        match views {
+            ViewPair::Apart(x1, x2) => (self.project(x1, true), self.project(x2, true)),
+            ViewPair::Merged(x) => deinterleave(&self.project_in(x, views.mode())),
+        }
+    }
+
+    fn project_in(&self, x: &Tensor, mode: Mode) -> Tensor {
+        self.head.forward(&self.backbone.forward(x, mode), mode)
+    }
+}
+
+/// Planted fault: merged views normalised as one batch instead of each on its own.
+pub const VIEWS_SHARE_BN: Fault = "merged views share their BatchNorm";
+
+/// A step's two views, for networks that see both: apart (a forward each, PyTorch's order of
+/// arithmetic), or merged into one batch, image i of view v at row 2i + v — the layout in which
+/// each view's BatchNorm groups are groups of one BatchNorm ([`Mode::Train`] with 2 views), so
+/// both take one forward and one backward (half a GPU step's launches).
+pub enum ViewPair<'a> {
+    Apart(&'a Tensor, &'a Tensor),
+    Merged(Tensor),
+}
+
+impl<'a> ViewPair<'a> {
+    pub fn new(x1: &'a Tensor, x2: &'a Tensor, merge: bool) -> Self {
+        match merge {
+            true => ViewPair::Merged(Tensor::stack(&[x1, x2], 1).flatten(0, 1)),
+            false => ViewPair::Apart(x1, x2),
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        let views = if planted(VIEWS_SHARE_BN) { 1 } else { 2 };
+        Mode::Train { views }
+    }
+}
+
+/// The two views of a merged result `[2N, D]` (views of it, not copies).
+fn deinterleave(x: &Tensor) -> (Tensor, Tensor) {
+    let parted = x.view([-1, 2, x.size()[1]]);
+    (parted.select(1, 0), parted.select(1, 1))
 }
 
 /// An online network (encoder, maybe a predictor) in its VarStore.
@@ -86,6 +130,25 @@ impl Online {
         match &self.predictor {
             Some(p) => p.forward_t(z, train),
             None => z.shallow_clone(),
+        }
+    }
+
+    /// The training predictions of both views (their projections without a predictor).
+    pub fn predictions(&self, views: &ViewPair) -> (Tensor, Tensor) {
+        let predict = |z: &Tensor, mode| match &self.predictor {
+            Some(p) => p.forward(z, mode),
+            None => z.shallow_clone(),
+        };
+        match views {
+            ViewPair::Apart(..) => {
+                let (z1, z2) = self.enc.projections(views);
+                let one = Mode::Train { views: 1 };
+                (predict(&z1, one), predict(&z2, one))
+            }
+            ViewPair::Merged(x) => {
+                let mode = views.mode();
+                deinterleave(&predict(&self.enc.project_in(x, mode), mode))
+            }
         }
     }
 

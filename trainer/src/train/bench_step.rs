@@ -36,10 +36,8 @@ pub fn run(cfg: &BenchStepConfig) -> Result<Value> {
     pre.length = crate::config::Length::Steps(cfg.warmup + 2 * cfg.timed);
     pre.knn = None;
     pre.run.resume = false;
+    pre.run.device_path = cfg.gpu_path;
     let mut trainer = Trainer::prepare(&pre, StopFlag::default())?;
-    if cfg.gpu_path {
-        trainer.views.use_batched_path();
-    }
     let device = trainer.device;
     for step in 0..cfg.warmup {
         trainer.step(step, false)?;

@@ -155,13 +155,16 @@ impl Trainer {
             true => Some(open_log(cfg, &algo, device, dist.as_deref(), start)?),
             false => None,
         };
-        let views = ViewMaker::new(
+        let mut views = ViewMaker::new(
             cfg.augmentation.clone(),
             device,
             (cfg.seed, cfg.batch_size, cfg.data.size),
             (share, total),
             (kind, channels_last),
         );
+        if cfg.run.device_path {
+            views.use_batched_path();
+        }
         let schedule = Schedule {
             base_lr: cfg.optim.lr,
             batch_size: cfg.batch_size,

@@ -285,6 +285,7 @@ pub(super) fn build_method(
         device,
         bn_splits: cfg.bn_splits / world as i64,
         batch: cfg.batch_size,
+        merge_views: cfg.run.device_path || device.is_cuda(),
     };
     let mut method = (methods::find(&cfg.method.name)?.build)(&cfg.method, &build)?;
     set_kind(
