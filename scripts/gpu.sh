@@ -4,7 +4,8 @@
 #   scripts/gpu.sh pack            here: release build, the binaries gzipped into .gpu/ (< 64 MiB)
 #   scripts/gpu.sh verify          there: every device check in one command (≤ 8 minutes):
 #                                  (a) environment, (b) CPU↔CUDA parity from one start for every
-#                                  method in float64/float32/bf16, (c) throughput, (d) learning,
+#                                  method in float64/float32/bf16, (c) throughput, (c2) the
+#                                  CUDA graph against the eager step, (d) learning,
 #                                  (e) moco-infer; keeps OUT/summary.json (also the last stdout
 #                                  line), OUT/verify.log.gz and OUT/curves.png
 #   scripts/gpu.sh run -- CMD ...  there: CMD with the packed binaries first on PATH
@@ -145,7 +146,7 @@ parity() {
 # (c) Synchronised steps of MoCo v2: two-view images/s, host ms per step, peak memory.
 throughput() {
   local dev=$1 data=$2 work=$3
-  for arch in $ARCHS; do for crop in $CROPS; do for amp in off bf16; do for batch in $BATCHES; do
+  for arch in $ARCHS; do for crop in $CROPS; do for amp in $AMPS; do for batch in $BATCHES; do
     local line
     line="$(moco-train bench-step --data "$data" --out "$work/bench" --device "$dev" --arch "$arch" \
       --crop "$crop" --amp "$amp" --batch-size "$batch" --bn-splits 8 --queue-size 65536 --no-knn --quiet \
@@ -155,7 +156,41 @@ throughput() {
   done; done; done; done
 }
 
-# (d) ≈ LEARN_SECONDS of bf16 MoCo v2 at batch 256 on generated data, kNN every epoch, against
+# (c2) `--cuda-graph`: the captured step against the eager one from one start (8 steps: 3 eager,
+# the capture, 4 replays; `moco-train compare` at float32's bounds), then MoCo v2's bench-step
+# with and without the graph. Needs CUDA: on the CPU it says so.
+graph() {
+  local dev=$1 data=$2 work=$3
+  if [ "$dev" = cpu ]; then
+    result "{\"stage\": \"graph\", \"skipped\": \"needs a CUDA device\"}"
+    return 0
+  fi
+  local common=(--data "$data" --no-knn --quiet --batch-size "$PARITY_BATCH" --crop "$PARITY_CROP"
+    --mlp-hidden 256 --proj-dim 64 --seed 1 --log-every 1)
+  for m in mocov2 mocov3 simclr byol; do
+    local extra=()
+    case "$m" in mocov2) extra=(--queue-size "$((PARITY_BATCH * 4))" --bn-splits 2) ;; esac
+    [ -f "$work/$m.init" ] || moco-train pretrain "${common[@]}" "${extra[@]}" --method "$m" \
+      --out "$work/init-$m" --device cpu --save-init "$work/$m.init" >> "$LOG" 2>&1
+    local a="$work/graph-$m" b="$work/eager-$m" line=""
+    for run in "$a --cuda-graph" "$b"; do
+      set -- $run
+      moco-train pretrain "${common[@]}" "${extra[@]}" --method "$m" --init-from "$work/$m.init" \
+        --device "$dev" --no-tf32 --steps 8 --checkpoint-every 8 --out "$@" >> "$LOG" 2>&1 || line="{\"ok\": false, \"error\": \"pretrain $*\"}"
+    done
+    [ -n "$line" ] || line="$(moco-train compare "$a" "$b" --precision float32 --json 2>> "$LOG" | tail -1)" || true
+    result "{\"stage\": \"graph\", \"method\": \"$m\", \"compare\": ${line:-{\}}}"
+  done
+  for g in "" --cuda-graph; do
+    line="$(moco-train bench-step --data "$data" --out "$work/bench" --device "$dev" --arch resnet18 \
+      --crop 96 --amp bf16 --batch-size 256 --bn-splits 8 --queue-size 65536 --no-knn --quiet \
+      --warmup "$WARMUP" --timed "$TIMED" --json $g 2>> "$LOG" | tail -1)" || line=""
+    rm -rf "$work/bench"
+    [ -n "$line" ] && result "{\"stage\": \"graph\", \"result\": $line}"
+  done
+}
+
+# (d) ≈ LEARN_SECONDS of MoCo v2 (bf16 where the device has it) at batch 256 on generated data, kNN every epoch, against
 # the random-init floor measured the same way; the curve as OUT/curves.png.
 learning() {
   local dev=$1 data=$2 work=$3 out=$4
@@ -181,7 +216,7 @@ PY
   local line
   # Stopped past its budget (SIGTERM: a checkpoint, exit 75), it still leaves its curve.
   line="$(timeout -s TERM "$(( LEARN_SECONDS * 2 ))" moco-train pretrain --data "$data" --out "$run" \
-    --device "$dev" --amp bf16 --batch-size "$LEARN_BATCH" --epochs "$epochs" --knn-every 1 --lr 0.24 \
+    --device "$dev" --amp "$LEARN_AMP" --batch-size "$LEARN_BATCH" --epochs "$epochs" --knn-every 1 --lr 0.24 \
     --head-bn --bn-splits 8 --queue-size 4096 --quiet --json 2>> "$LOG" | tail -1)" || line="{}"
   result "{\"stage\": \"learning\", \"epochs\": $epochs, \"result\": ${line:-{\}}}"
   "$MOCO_PYTHON" -c 'import json,sys; [print(json.dumps({"stage": "learning", "epoch": r.get("epoch"), "knn_top1": r["knn_top1"], "images_per_sec": r.get("images_per_sec")})) for r in map(json.loads, open(sys.argv[1])) if "knn_top1" in r]' "$run/metrics.jsonl" >&3
@@ -229,19 +264,24 @@ verify() {
   local dev=cuda want_cuda=1 synth
   if [ "${GPU_SH_DEVICE:-cuda}" = cpu ]; then
     dev=cpu want_cuda=0
-    # Every method once, every precision once: each line of the script runs.
-    export PARITY="mocov2:float64 mocov2:bf16 mocov1:float32 mocov3:float32 simclr:float32 byol:float32"
-    export PARITY_BATCH=8 PARITY_CROP=32 ARCHS=resnet18 CROPS=32 BATCHES=16 WARMUP=1 TIMED=2
+    # Every method once, every precision once: each line of the script runs. bf16 only where
+    # this CPU has it natively (moco-train refuses emulated bf16).
+    local bf16=bf16
+    grep -qwE 'avx512_bf16|amx_bf16|bf16' /proc/cpuinfo || bf16=off
+    export PARITY="mocov2:float64 mocov2:$([ $bf16 = bf16 ] && echo bf16 || echo float32) mocov1:float32 mocov3:float32 simclr:float32 byol:float32"
+    export AMPS="off $([ $bf16 = bf16 ] && echo bf16)" LEARN_AMP=$bf16
+    export PARITY_BATCH=8 PARITY_CROP=32 ARCHS=resnet18 CROPS=32 BATCHES="8 16" WARMUP=1 TIMED=2
     export LEARN_SECONDS=20 LEARN_MAX_EPOCHS=3 LEARN_BATCH=16 PROBE_EPOCHS=2
     synth=(--classes 3 --train-per-class 20 --val-per-class 10 --unlabeled 40)
   else
     export PARITY="$(for m in mocov2 mocov1 mocov3 simclr byol; do printf '%s ' $m:float64 $m:float32 $m:bf16; done)"
     export PARITY_BATCH=32 PARITY_CROP=64 ARCHS="resnet18 resnet50" CROPS="96 64" BATCHES="256" WARMUP=20 TIMED=100
     export LEARN_SECONDS=120 LEARN_MAX_EPOCHS=100 LEARN_BATCH=256 PROBE_EPOCHS=20
+    export AMPS="off bf16" LEARN_AMP=bf16
     synth=()
   fi
   use_binaries
-  export -f result environment parity throughput learning inference
+  export -f result environment parity throughput graph learning inference
   stage environment 60 environment "$want_cuda" || true
   if grep -q '"stage": "environment", "status": "failed' "$RESULTS"; then
     summarize "$work" "$out"
@@ -252,6 +292,7 @@ verify() {
   moco-train synth --out "$data" "${synth[@]}" >> "$LOG" 2>&1
   stage parity 240 parity "$dev" "$data" "$work" || true
   stage throughput 200 throughput "$dev" "$data" "$work" || true
+  stage graph 120 graph "$dev" "$data" "$work" || true
   stage learning $(( LEARN_SECONDS * 2 + 60 )) learning "$dev" "$data" "$work" "$out" || true
   stage inference 60 inference "$dev" "$data" "$work" || true
   summarize "$work" "$out"

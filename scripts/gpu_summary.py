@@ -16,7 +16,8 @@ def main(results, summary):
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 rows.append({"stage": "unparsed", "line": line[:200]})
-    s = {"stages": {}, "parity": [], "throughput": [], "learning": {"knn": []}, "inference": []}
+    s = {"stages": {}, "parity": [], "throughput": [], "graph": [], "learning": {"knn": []},
+         "inference": []}
     for r in rows:
         stage = r.get("stage")
         if "status" in r:
@@ -35,6 +36,14 @@ def main(results, summary):
             s["throughput"].append({k: t.get(k) for k in (
                 "arch", "crop", "amp", "batch_size", "two_view_images_per_sec", "ms_per_step",
                 "host_ms_per_step", "peak_bytes")})
+        elif stage == "graph":
+            c, t = r.get("compare") or {}, r.get("result") or {}
+            s["graph"].append({k: v for k, v in {
+                "method": r.get("method"), "skipped": r.get("skipped"), "ok": c.get("ok"),
+                "worst_loss": c.get("worst_loss"), "worst_tensor": c.get("worst_tensor"),
+                "error": c.get("error"), "cuda_graph": t.get("cuda_graph"),
+                "two_view_images_per_sec": t.get("two_view_images_per_sec"),
+                "host_ms_per_step": t.get("host_ms_per_step")}.items() if v is not None})
         elif stage == "learning":
             if "floor" in r:
                 s["learning"]["floor_knn_top1"] = r["floor"].get("top1")

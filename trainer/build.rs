@@ -8,6 +8,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/counters.cpp");
     println!("cargo:rerun-if-changed=csrc/foreach.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo::rustc-check-cfg=cfg(moco_gloo)");
     println!("cargo::rustc-check-cfg=cfg(moco_nccl)");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
@@ -30,6 +31,27 @@ fn main() {
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .warnings(false)
             .compile("moco_autocast");
+        let cuda_libtorch = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
+        // csrc/cuda_graph.cpp: `at::cuda::CUDAGraph` needs the CUDA runtime's headers; without
+        // them the same file builds stubs that say so.
+        let mut graph = cc::Build::new();
+        graph
+            .cpp(true)
+            .file("csrc/cuda_graph.cpp")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .warnings(false);
+        if let Some(cuda) = cuda_libtorch.then(|| cuda_include(&lib)).flatten() {
+            graph.include(cuda).define("MOCO_CUDA_GRAPH", None);
+        }
+        graph.compile("moco_cuda_graph");
+        if cuda_libtorch {
+            // Its streams and events (libc10_cuda), for every crate that links the trainer.
+            println!("cargo:rustc-link-search=native={lib}");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        }
         // csrc/dist.cpp: c10d's TCPStore + ProcessGroupGloo (distributed pretraining). The wheel
         // ships the c10d headers and symbols (in libtorch_cpu); Gloo's headers come from Debian's
         // libgloo-dev (scripts/setup.sh installs it). Without them moco-train builds without
@@ -38,7 +60,6 @@ fn main() {
             .iter()
             .map(std::path::Path::new)
             .find(|d| d.join("gloo/config.h").exists());
-        let cuda_libtorch = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
         if let Some(gloo) = gloo {
             let mut build = cc::Build::new();
             build
@@ -89,6 +110,17 @@ fn main() {
 /// Include folders for ProcessGroupNCCL.hpp: the CUDA runtime headers (with `crt/host_config.h`)
 /// and `nccl.h`, from the wheel's nvidia packages next to torch, else from CUDA_HOME.
 fn nccl_includes(torch_lib: &str) -> Option<Vec<std::path::PathBuf>> {
+    let site = std::path::PathBuf::from(torch_lib).join("../..");
+    let cuda = cuda_include(torch_lib)?;
+    let nccl = [site.join("nvidia/nccl/include"), cuda.clone()]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists())?;
+    Some(vec![cuda, nccl])
+}
+
+/// The CUDA runtime's headers (with `crt/host_config.h` and CCCL's `nv/`): the wheel's nvidia
+/// packages next to torch, else CUDA_HOME, else /usr/local/cuda.
+fn cuda_include(torch_lib: &str) -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
     let site = PathBuf::from(torch_lib).join("../..");
     let cuda_dirs = [
@@ -101,12 +133,9 @@ fn nccl_includes(torch_lib: &str) -> Option<Vec<std::path::PathBuf>> {
             .iter()
             .all(|f| d.join(f).exists())
     })?;
-    let nccl = [site.join("nvidia/nccl/include"), cuda.clone()]
-        .into_iter()
-        .find(|d| d.join("nccl.h").exists())?;
     println!(
         "cargo:rerun-if-changed={}",
         cuda.join("crt/host_config.h").display()
     );
-    Some(vec![cuda, nccl])
+    Some(cuda)
 }

@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::{nn, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -36,6 +37,17 @@ pub struct BatchNorm {
     groups: Option<(Tensor, Tensor)>,
     /// A training forward has moved the groups since the torchvision buffers were last set.
     stale: Cell<bool>,
+    /// [`REPLAYS`] when the torchvision buffers were last set.
+    replays_seen: Cell<u64>,
+}
+
+/// Training forwards this code did not run (a CUDA graph's replays of a captured step), counted
+/// by [`groups_moved_by_replay`]: every SplitBatchNorm's groups may have moved since.
+static REPLAYS: AtomicU64 = AtomicU64::new(0);
+
+/// Says that a replayed step moved the SplitBatchNorm groups behind the modules' backs.
+pub fn groups_moved_by_replay() {
+    REPLAYS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The suffix of the per-group running statistics of a SplitBatchNorm.
@@ -107,12 +119,16 @@ impl BatchNorm {
             splits,
             groups,
             stale: Cell::new(false),
+            replays_seen: Cell::new(0),
         }
     }
 
     /// The torchvision buffers set to the mean of the groups, if a training forward moved them.
     pub fn sync(&self) {
-        if let (Some((mean, var)), true) = (&self.groups, self.stale.replace(false)) {
+        let replays = REPLAYS.load(Ordering::Relaxed);
+        let replayed = self.replays_seen.replace(replays) != replays;
+        let moved = self.stale.replace(false) | replayed;
+        if let (Some((mean, var)), true) = (&self.groups, moved) {
             tch::no_grad(|| {
                 mean_of_groups(mean, &self.running_mean);
                 mean_of_groups(var, &self.running_var);

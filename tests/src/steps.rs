@@ -13,8 +13,9 @@ use trainer::augment::{AugConfig, Augmenter};
 use trainer::config::{MethodConfig, OptimConfig};
 use trainer::methods::{self, Build, Method, StepCtx};
 use trainer::nn::amp::Autocast;
-use trainer::nn::optim::{Optimizer, Schedule};
+use trainer::nn::optim::{Lr, Optimizer, Schedule};
 use trainer::runtime::rng::{stream, Purpose};
+use trainer::train::graph::GraphStep;
 use trainer::train::step::{train_step, StepState};
 
 use crate::compare::{check, check_abs, check_rel_l2, Check};
@@ -131,6 +132,28 @@ pub fn run_rust_under(
     kind: Kind,
     autocast: Option<Autocast>,
 ) -> BTreeMap<String, Tensor> {
+    run_rust_with(method, optim, inp, (kind, autocast), None)
+}
+
+/// [`run_rust`] through the capturable step that `--cuda-graph` captures ([`GraphStep::eager`]:
+/// every host-decided input staged in a device tensor, run eagerly).
+pub fn run_rust_capturable(
+    method: &mut dyn Method,
+    optim: &OptimConfig,
+    inp: &Inputs,
+    kind: Kind,
+) -> BTreeMap<String, Tensor> {
+    let mut capturable = GraphStep::eager(method).unwrap();
+    run_rust_with(method, optim, inp, (kind, None), Some(&mut capturable))
+}
+
+fn run_rust_with(
+    method: &mut dyn Method,
+    optim: &OptimConfig,
+    inp: &Inputs,
+    (kind, autocast): (Kind, Option<Autocast>),
+    mut capturable: Option<&mut GraphStep>,
+) -> BTreeMap<String, Tensor> {
     let mut opt = Optimizer::new(
         optim.kind,
         method.parameters(),
@@ -154,7 +177,11 @@ pub fn run_rust_under(
             kind,
         };
         let views = (&inp.im1[s].to_kind(kind), &inp.im2[s].to_kind(kind));
-        let out = train_step(method, st, views, &ctx, inp.lrs[s], false).unwrap();
+        let out = match capturable.as_deref_mut() {
+            Some(g) => g.step(method, st, views, &ctx, inp.lrs[s]),
+            None => train_step(method, st, views, &ctx, Lr::Value(inp.lrs[s]), false),
+        }
+        .unwrap();
         rec.insert(format!("loss_{s}"), out.loss.reshape([1]));
         for (name, p) in &opt.params {
             rec.insert(format!("grad_{s}/{name}"), p.grad().copy());

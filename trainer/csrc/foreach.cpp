@@ -40,25 +40,33 @@ extern "C" int moco_grads_to_none(at::Tensor** params, int n) {
 
 // torch.optim.SGD's update of every parameter in one fused kernel: d = g + wd·p; buf = d at the
 // first step, else m·buf + d; p −= lr·buf. `bufs` hold the momentum buffers (allocated by the
-// caller, their contents ignored when `first`).
+// caller, their contents ignored when `first`). The lr is `lr_tensor` when given (a 0-dim tensor
+// on the device, read by the kernel: what a captured CUDA graph replays with a new lr), else `lr`.
 extern "C" int moco_fused_sgd(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, int n,
-                              double lr, double momentum, double weight_decay, int first) {
+                              double lr, at::Tensor* lr_tensor, double momentum,
+                              double weight_decay, int first) {
   return guarded([&] {
     auto p = list(params, n);
     auto g = list(grads, n);
     auto b = list(bufs, n);
-    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false,
-                    /*maximize=*/false, first != 0);
+    if (lr_tensor) {
+      at::_fused_sgd_(p, g, b, weight_decay, momentum, *lr_tensor, /*dampening=*/0.0,
+                      /*nesterov=*/false, /*maximize=*/false, first != 0);
+    } else {
+      at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false,
+                      /*maximize=*/false, first != 0);
+    }
   });
 }
 
 // MoCo v3's LARS step for every parameter at once, the gradients left as they are: for the
 // tensors flagged in `scaled` (rank > 1), d = (g + wd·p)·η‖p‖/‖g + wd·p‖ (1 where either norm is
 // 0), the norms of all of them from two foreach kernels and the ratios from a few ops on their
-// stack; d = g for the others. Then buf = d (first) or m·buf + d, and p −= lr·buf.
+// stack; d = g for the others. Then buf = d (first) or m·buf + d, and p −= lr·buf (the lr from
+// `lr_tensor` when given, as in moco_fused_sgd).
 extern "C" int moco_lars_step(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs,
-                              const int* scaled, int n, double lr, double momentum,
-                              double weight_decay, double trust, int first) {
+                              const int* scaled, int n, double lr, at::Tensor* lr_tensor,
+                              double momentum, double weight_decay, double trust, int first) {
   return guarded([&] {
     std::vector<at::Tensor> ps, gs;
     std::vector<int> at_scaled;
@@ -89,7 +97,11 @@ extern "C" int moco_lars_step(at::Tensor** params, at::Tensor** grads, at::Tenso
       at::_foreach_mul_(b, momentum);
       at::_foreach_add_(b, d);
     }
-    at::_foreach_add_(p, b, -lr);
+    if (lr_tensor) {
+      at::_foreach_add_(p, at::_foreach_mul(b, lr_tensor->neg()));
+    } else {
+      at::_foreach_add_(p, b, -lr);
+    }
   });
 }
 
@@ -101,6 +113,18 @@ extern "C" int moco_foreach_ema(at::Tensor** targets, at::Tensor** sources, int 
     auto s = list(sources, n);
     at::_foreach_mul_(t, m);
     at::_foreach_add_(t, s, 1.0 - m);
+  });
+}
+
+// The same with m a 0-dim tensor on the device (what a captured CUDA graph reads, set before
+// each replay): θ_target·m + θ_online·(1 − m), in four kernels.
+extern "C" int moco_foreach_ema_tensor(at::Tensor** targets, at::Tensor** sources, int n,
+                                       at::Tensor* m) {
+  return guarded([&] {
+    auto t = list(targets, n);
+    auto s = list(sources, n);
+    at::_foreach_mul_(t, *m);
+    at::_foreach_add_(t, at::_foreach_mul(s, 1.0 - *m));
   });
 }
 

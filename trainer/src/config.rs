@@ -253,6 +253,9 @@ pub struct RunSettings {
     /// GPU step dispatches; the CPU's own step keeps PyTorch's order of arithmetic.
     #[serde(default)]
     pub device_path: bool,
+    /// The step captured once as a CUDA graph and replayed (`--cuda-graph`).
+    #[serde(default)]
+    pub cuda_graph: bool,
     /// The flags that built this configuration, recorded for `--config` (empty in-process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command_line: Vec<String>,
@@ -302,6 +305,9 @@ impl PretrainConfig {
             );
         }
         self.augmentation.check()?;
+        if self.run.cuda_graph && world > 1 {
+            bail!("--cuda-graph: one process only (the ranks' collectives are not captured)");
+        }
         if self.float64 && (self.amp != Amp::Off || self.knn.is_some()) {
             bail!("--float64 is a check mode: use it with --amp off and --no-knn");
         }
@@ -338,6 +344,22 @@ impl PretrainConfig {
                 }
             }
             _ => {}
+        }
+        self.validate_cuda_graph(device)
+    }
+
+    fn validate_cuda_graph(&self, device: tch::Device) -> Result<()> {
+        if !self.run.cuda_graph {
+            return Ok(());
+        }
+        if !device.is_cuda() {
+            bail!("--cuda-graph: captures work queued on a CUDA device; this run is on the CPU");
+        }
+        if self.amp == Amp::Fp16 {
+            bail!("--cuda-graph: not with --amp fp16, whose loss scaler decides on the host whether a step is taken");
+        }
+        if !crate::runtime::cuda_graph::built() {
+            bail!("--cuda-graph: this moco-train was built without the CUDA runtime's headers (scripts/setup.sh installs them)");
         }
         Ok(())
     }

@@ -34,7 +34,12 @@ fn gpu_verify_runs_in_its_cpu_mode() {
     for (stage, r) in s["stages"].as_object().unwrap() {
         assert_eq!(r["status"], "ok", "stage {stage}: {stderr}");
     }
-    assert_eq!(s["stages"].as_object().unwrap().len(), 5, "{s}");
+    assert_eq!(s["stages"].as_object().unwrap().len(), 6, "{s}");
+    assert_eq!(
+        s["graph"][0]["skipped"], "needs a CUDA device",
+        "the CUDA graph stage on the CPU: {}",
+        s["graph"]
+    );
     assert_eq!(s["parity_ok"], true, "{}", s["parity"]);
     let methods: std::collections::BTreeSet<&str> = s["parity"]
         .as_array()

@@ -67,8 +67,14 @@ fn every_method_stays_within_1_3_times_mocov2() {
             _ => &[],
         };
         let (ops, syncs) = counted_step(method, extra);
-        eprintln!("{method}: {ops} top-level ops ({:.2}× MoCo v2's {v2})", ops / v2);
+        eprintln!(
+            "{method}: {ops} top-level ops ({:.2}× MoCo v2's {v2})",
+            ops / v2
+        );
         assert!(ops <= 1.3 * v2, "{method}: {ops} ops, over 1.3 × {v2}");
-        assert_eq!(syncs, 0.0, "{method}: host syncs on a step that does not log");
+        assert_eq!(
+            syncs, 0.0,
+            "{method}: host syncs on a step that does not log"
+        );
     }
 }

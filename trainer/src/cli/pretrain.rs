@@ -171,6 +171,11 @@ pub struct PretrainArgs {
     /// default for cuDNN): slower, and rounded as on a CPU, which `moco-train compare` needs.
     #[arg(long)]
     pub no_tf32: bool,
+    /// Capture the training step once as a CUDA graph and replay it (CUDA only; one process,
+    /// not with --amp fp16): the host launches one graph a step instead of hundreds of kernels.
+    /// A replayed step logs the loss only
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Write the run's freshly drawn state (networks, key encoder, queue) to this file and stop
     /// before opening the data.
     #[arg(long)]
@@ -265,6 +270,7 @@ impl PretrainArgs {
                 save_init: self.save_init.clone(),
                 no_tf32: self.no_tf32,
                 device_path: false,
+                cuda_graph: self.cuda_graph,
             },
         })
     }

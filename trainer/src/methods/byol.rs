@@ -13,7 +13,7 @@ use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
 use tch::Tensor;
 
-use super::parts::{named, Online, Target, ViewPair};
+use super::parts::{named, Online, StagedScalar, Target, ViewPair};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
@@ -40,6 +40,7 @@ pub const BYOL: Entry = Entry {
             online,
             target,
             merge_views: b.merge_views,
+            staged_tau: StagedScalar::default(),
         }))
     },
 };
@@ -117,6 +118,8 @@ pub struct Byol {
     online: Online,
     target: Target,
     merge_views: bool,
+    /// τ of the step, on the device once the step is capturable.
+    staged_tau: StagedScalar,
 }
 
 impl Byol {
@@ -130,7 +133,7 @@ impl Byol {
 impl Method for Byol {
     fn loss(&mut self, x1: &Tensor, x2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
         if planted(EMA_BEFORE_STEP) {
-            self.target.update(self.tau(ctx))?;
+            self.target.update_at(self.tau(ctx), &self.staged_tau)?;
         }
         let views = ViewPair::new(x1, x2, self.merge_views);
         let (p1, p2) = self.online.predictions(&views);
@@ -142,7 +145,7 @@ impl Method for Byol {
     /// The target follows the online network just updated (BYOL's update order).
     fn after_step(&mut self, ctx: &StepCtx, _: bool) -> Result<Vec<(&'static str, f64)>> {
         if !planted(EMA_BEFORE_STEP) {
-            self.target.update(self.tau(ctx))?;
+            self.target.update_at(self.tau(ctx), &self.staged_tau)?;
         }
         Ok(Vec::new())
     }
@@ -157,6 +160,16 @@ impl Method for Byol {
 
     fn attach(&mut self, _: Rc<Dist>) {
         // Per-sample loss on each rank's share: the core's gradient average is all it needs.
+    }
+
+    fn make_capturable(&mut self) -> Result<()> {
+        self.staged_tau = StagedScalar::like(self.target.first_parameter());
+        Ok(())
+    }
+
+    fn stage(&mut self, ctx: &StepCtx) -> Result<()> {
+        self.staged_tau.set(self.tau(ctx));
+        Ok(())
     }
 }
 

@@ -8,12 +8,13 @@ use std::rc::Rc;
 
 use anyhow::{bail, Result};
 use models::{Arch, MlpShape, ResNetDesc, MOCO_DIM};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::parts::{named, Online, Target};
 use super::{Build, Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
+use crate::runtime::counters::upload_async;
 use crate::runtime::dist::Dist;
 use crate::runtime::faults::{planted, Fault};
 use crate::nn::loss::{info_nce, normalize};
@@ -136,6 +137,11 @@ pub struct Moco {
     pub dist: Option<Rc<Dist>>,
     /// Between `loss` and `after_step`: the whole batch's keys and this rank's queries.
     pending: Option<(Tensor, Tensor)>,
+    /// The step's shuffle permutations on the device, set by `stage` (a capturable step; the
+    /// queue pointer then lives on the device too).
+    staged_perms: Option<Vec<Tensor>>,
+    /// Images per step over all ranks (the permutations' length).
+    batch: usize,
 }
 
 impl Moco {
@@ -171,6 +177,8 @@ impl Moco {
             queue_ptr: Tensor::from(0i64),
             dist: None,
             pending: None,
+            staged_perms: None,
+            batch: b.batch,
         })
     }
 
@@ -187,10 +195,8 @@ impl Moco {
     /// Returns this rank's keys and the whole batch's (the same on one process). Across ranks
     /// `perm` runs over the global batch, so the BN groups are those of one process with
     /// `--bn-splits` groups; every rank draws the same `perm` from the (seed, step) stream.
-    fn keys(&self, im_k: &Tensor, perm: &[i64]) -> Result<(Tensor, Tensor)> {
+    fn keys(&self, im_k: &Tensor, idx: &Tensor) -> Result<(Tensor, Tensor)> {
         tch::no_grad(|| {
-            let device = im_k.device();
-            let idx = crate::runtime::counters::upload_async(&Tensor::from_slice(perm), device);
             let unshuffle = |k: Tensor| {
                 if planted(NO_UNSHUFFLE) {
                     k
@@ -201,13 +207,13 @@ impl Moco {
             let embed = |x: &Tensor| normalize(&self.k.enc.project(x, true));
             match &self.dist {
                 None => {
-                    let k = unshuffle(embed(&im_k.index_select(0, &idx)));
+                    let k = unshuffle(embed(&im_k.index_select(0, idx)));
                     Ok((k.shallow_clone(), k))
                 }
                 Some(d) => {
                     use crate::runtime::dist::{interleave, share_tensor};
                     let all = interleave(&d.all_gather(im_k)?, d.world);
-                    let mine = share_tensor(&all.index_select(0, &idx), d.rank, d.world);
+                    let mine = share_tensor(&all.index_select(0, idx), d.rank, d.world);
                     let k = embed(&mine);
                     let k = unshuffle(interleave(&d.all_gather(&k)?, d.world));
                     Ok((share_tensor(&k, d.rank, d.world), k))
@@ -217,7 +223,7 @@ impl Moco {
     }
 
     /// The loss of queries `im_q` against keys of `im_k`, the whole batch's keys, the queries.
-    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &[i64]) -> Result<[Tensor; 3]> {
+    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &Tensor) -> Result<[Tensor; 3]> {
         let q = self.embed_q(im_q);
         let (k, keys) = self.keys(im_k, perm)?;
         if planted(MOMENTUM_AFTER_KEYS) {
@@ -253,14 +259,44 @@ impl Moco {
                 self.cfg.queue_size
             );
         }
+        let k = self.cfg.queue_size;
+        if self.staged_perms.is_some() {
+            // The position on the device: the same kernels whatever it is.
+            tch::no_grad(|| {
+                let cols = (Tensor::arange(n, (Kind::Int64, keys.device())) + &self.queue_ptr)
+                    .remainder(k);
+                let _ = self
+                    .queue
+                    .index_copy_(1, &cols, &keys.detach().transpose(0, 1));
+                self.queue_ptr += n;
+                let _ = self.queue_ptr.remainder_(k);
+            });
+            return Ok(());
+        }
         let ptr = self.ptr();
         tch::no_grad(|| {
             self.queue
                 .narrow(1, ptr, n)
                 .copy_(&keys.detach().transpose(0, 1));
         });
-        self.queue_ptr = Tensor::from((ptr + n) % self.cfg.queue_size);
+        self.queue_ptr = Tensor::from((ptr + n) % k);
         Ok(())
+    }
+
+    /// The step's shuffle permutations on the device: staged, or uploaded now.
+    fn perms_on_device(&self, ctx: &StepCtx, batch: usize, device: Device) -> Vec<Tensor> {
+        match &self.staged_perms {
+            Some(staged) => staged.iter().map(Tensor::shallow_clone).collect(),
+            None => shuffle_permutations(ctx.seed, ctx.step, batch, self.cfg.symmetric)
+                .iter()
+                .map(|p| upload_async(&Tensor::from_slice(p), device))
+                .collect(),
+        }
+    }
+
+    fn global_batch(&self, im: &Tensor) -> usize {
+        let world = self.dist.as_ref().map_or(1, |d| d.world);
+        im.size()[0] as usize * world
     }
 }
 
@@ -277,9 +313,7 @@ impl Method for Moco {
     /// The momentum update comes first, as in the official code: the key encoder follows the
     /// query encoder as it was after the previous optimizer step.
     fn loss(&mut self, im1: &Tensor, im2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
-        let world = self.dist.as_ref().map_or(1, |d| d.world);
-        let batch = im1.size()[0] as usize * world;
-        let perms = shuffle_permutations(ctx.seed, ctx.step, batch, self.cfg.symmetric);
+        let perms = self.perms_on_device(ctx, self.global_batch(im1), im1.device());
         if !planted(MOMENTUM_AFTER_KEYS) {
             self.k.update(self.cfg.momentum)?;
         }
@@ -330,5 +364,33 @@ impl Method for Moco {
 
     fn attach(&mut self, dist: Rc<Dist>) {
         self.dist = Some(dist);
+    }
+
+    /// The permutations staged on the device, the queue pointer moved there.
+    fn make_capturable(&mut self) -> Result<()> {
+        let device = self.queue.device();
+        let perms = if self.cfg.symmetric { 2 } else { 1 };
+        let batch = self.batch as i64;
+        self.staged_perms = Some(
+            (0..perms)
+                .map(|_| Tensor::zeros([batch], (Kind::Int64, device)))
+                .collect(),
+        );
+        self.queue_ptr = self.queue_ptr.to_device(device);
+        Ok(())
+    }
+
+    fn stage(&mut self, ctx: &StepCtx) -> Result<()> {
+        let Some(staged) = &self.staged_perms else {
+            return Ok(());
+        };
+        let perms = shuffle_permutations(ctx.seed, ctx.step, self.batch, self.cfg.symmetric);
+        tch::no_grad(|| {
+            for (to, p) in staged.iter().zip(&perms) {
+                let from = upload_async(&Tensor::from_slice(p), to.device());
+                to.shallow_clone().copy_(&from);
+            }
+        });
+        Ok(())
     }
 }

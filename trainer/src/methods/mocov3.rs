@@ -12,7 +12,7 @@ use anyhow::Result;
 use models::{Arch, MlpShape, ResNetDesc};
 use tch::{Kind, Tensor};
 
-use super::parts::{named, Online, Target, ViewPair};
+use super::parts::{named, Online, StagedScalar, Target, ViewPair};
 use super::{Entry, Loss, Method, StepCtx};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
@@ -41,6 +41,7 @@ pub const MOCOV3: Entry = Entry {
             k,
             dist: None,
             merge_views: b.merge_views,
+            staged_m: StagedScalar::default(),
         }))
     },
 };
@@ -99,6 +100,8 @@ pub struct MocoV3 {
     k: Target,
     dist: Option<Rc<Dist>>,
     merge_views: bool,
+    /// The key momentum of the step, on the device once the step is capturable.
+    staged_m: StagedScalar,
 }
 
 impl MocoV3 {
@@ -116,15 +119,19 @@ impl MocoV3 {
     }
 }
 
+impl MocoV3 {
+    fn momentum(&self, ctx: &StepCtx) -> f64 {
+        self.cfg
+            .momentum_schedule
+            .at(self.cfg.momentum, ctx.step, ctx.total_steps)
+    }
+}
+
 impl Method for MocoV3 {
     fn loss(&mut self, x1: &Tensor, x2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
         let views = ViewPair::new(x1, x2, self.merge_views);
         let (q1, q2) = self.q.predictions(&views);
-        let m = self
-            .cfg
-            .momentum_schedule
-            .at(self.cfg.momentum, ctx.step, ctx.total_steps);
-        self.k.update(m)?;
+        self.k.update_at(self.momentum(ctx), &self.staged_m)?;
         let (k1, k2) = tch::no_grad(|| self.k.enc.projections(&views));
         let (k1, k2) = if planted(SAME_VIEW_KEYS) {
             (k2, k1)
@@ -153,5 +160,15 @@ impl Method for MocoV3 {
 
     fn attach(&mut self, dist: Rc<Dist>) {
         self.dist = Some(dist);
+    }
+
+    fn make_capturable(&mut self) -> Result<()> {
+        self.staged_m = StagedScalar::like(self.k.first_parameter());
+        Ok(())
+    }
+
+    fn stage(&mut self, ctx: &StepCtx) -> Result<()> {
+        self.staged_m.set(self.momentum(ctx));
+        Ok(())
     }
 }

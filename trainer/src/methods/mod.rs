@@ -159,6 +159,20 @@ pub trait Method {
 
     /// Joins a process group (keys or embeddings gathered over ranks).
     fn attach(&mut self, dist: Rc<Dist>);
+
+    /// Makes every value the step takes from the host (a shuffle permutation, a queue position,
+    /// a scheduled momentum) a device tensor that [`Method::stage`] sets before each step: the
+    /// step then launches the same kernels on the same memory every time, which a CUDA graph can
+    /// capture once and replay.
+    fn make_capturable(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sets this step's host-decided values into the tensors of [`Method::make_capturable`]
+    /// (outside a captured graph, before each step).
+    fn stage(&mut self, _ctx: &StepCtx) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every method with its recipe for `arch` (`moco-train methods`).

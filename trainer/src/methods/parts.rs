@@ -227,6 +227,38 @@ impl Target {
     pub fn update(&self, m: f64) -> Result<()> {
         tch::no_grad(|| crate::nn::foreach::ema(&self.targets, &self.sources, m))
     }
+
+    /// A tensor the update scales (its device and float kind).
+    pub fn first_parameter(&self) -> &Tensor {
+        &self.targets[0]
+    }
+
+    /// The update at `m`, or at the value staged in `staged` (a capturable step's momentum).
+    pub fn update_at(&self, m: f64, staged: &StagedScalar) -> Result<()> {
+        match &staged.0 {
+            Some(t) => tch::no_grad(|| crate::nn::foreach::ema_at(&self.targets, &self.sources, t)),
+            None => self.update(m),
+        }
+    }
+}
+
+/// A number a step takes from the host, as a 0-dim device tensor once the step is capturable
+/// ([`crate::methods::Method::make_capturable`]): set before each step, read by the kernels.
+#[derive(Default)]
+pub struct StagedScalar(Option<Tensor>);
+
+impl StagedScalar {
+    /// On the device and in the float kind of `like` (a parameter it scales).
+    pub fn like(like: &Tensor) -> Self {
+        StagedScalar(Some(Tensor::zeros([], (like.kind(), like.device()))))
+    }
+
+    /// Sets the value (no-op while the step is not capturable).
+    pub fn set(&self, v: f64) {
+        if let Some(t) = &self.0 {
+            let _ = t.shallow_clone().fill_(v);
+        }
+    }
 }
 
 /// Every variable of `stores` as `<prefix>/<name>`, sorted by name: one order on every rank. The

@@ -15,6 +15,7 @@ extern "C" {
         bufs: *mut *mut C_tensor,
         n: i32,
         lr: f64,
+        lr_tensor: *mut C_tensor,
         momentum: f64,
         weight_decay: f64,
         first: i32,
@@ -26,6 +27,7 @@ extern "C" {
         scaled: *const i32,
         n: i32,
         lr: f64,
+        lr_tensor: *mut C_tensor,
         momentum: f64,
         weight_decay: f64,
         trust: f64,
@@ -36,6 +38,12 @@ extern "C" {
         sources: *mut *mut C_tensor,
         n: i32,
         m: f64,
+    ) -> i32;
+    fn moco_foreach_ema_tensor(
+        targets: *mut *mut C_tensor,
+        sources: *mut *mut C_tensor,
+        n: i32,
+        m: *mut C_tensor,
     ) -> i32;
     fn moco_unscale_grads(
         grads: *mut *mut C_tensor,
@@ -68,6 +76,36 @@ impl Handles {
     }
 }
 
+/// A step's learning rate: a number, or a 0-dim float tensor on the parameters' device whose
+/// value the kernels read (a captured CUDA graph's step keeps reading it; it is set before each
+/// replay).
+#[derive(Clone, Copy, Debug)]
+pub enum Lr<'a> {
+    Value(f64),
+    Tensor(&'a Tensor),
+}
+
+/// An optional tensor handle for one call (null for none).
+struct MaybeHandle(Option<Tensor>);
+
+impl MaybeHandle {
+    fn ptr(&mut self) -> *mut C_tensor {
+        self.0
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |t| t.as_mut_ptr())
+    }
+}
+
+impl Lr<'_> {
+    /// The number (NaN for a tensor) and the tensor's handle.
+    fn parts(self) -> (f64, MaybeHandle) {
+        match self {
+            Lr::Value(v) => (v, MaybeHandle(None)),
+            Lr::Tensor(t) => (f64::NAN, MaybeHandle(Some(t.shallow_clone()))),
+        }
+    }
+}
+
 fn check(rc: i32, what: &str) -> Result<()> {
     if rc != 0 {
         bail!("{what}: libtorch failed");
@@ -87,13 +125,15 @@ pub fn grads_to_none<'a>(params: impl IntoIterator<Item = &'a Tensor>) {
 /// and momentum buffers `bufs` (contents ignored when `first`), in one fused kernel.
 pub fn fused_sgd(
     (params, grads, bufs): (&[Tensor], &[Tensor], &[Tensor]),
-    lr: f64,
+    lr: Lr,
     momentum: f64,
     weight_decay: f64,
     first: bool,
 ) -> Result<()> {
     let (mut p, mut g, mut b) = (Handles::of(params), Handles::of(grads), Handles::of(bufs));
-    // SAFETY: three lists of the same length of live handles; the shim catches exceptions.
+    let (lr, mut lr_tensor) = lr.parts();
+    // SAFETY: three lists of the same length of live handles, the lr tensor live or null; the
+    // shim catches exceptions.
     let rc = unsafe {
         moco_fused_sgd(
             p.ptr(),
@@ -101,6 +141,7 @@ pub fn fused_sgd(
             b.ptr(),
             p.len(),
             lr,
+            lr_tensor.ptr(),
             momentum,
             weight_decay,
             first as i32,
@@ -115,12 +156,14 @@ pub fn fused_sgd(
 pub fn lars_step(
     (params, grads, bufs): (&[Tensor], &[Tensor], &[Tensor]),
     scaled: &[bool],
-    (lr, momentum, weight_decay, trust): (f64, f64, f64, f64),
+    (lr, momentum, weight_decay, trust): (Lr, f64, f64, f64),
     first: bool,
 ) -> Result<()> {
     let (mut p, mut g, mut b) = (Handles::of(params), Handles::of(grads), Handles::of(bufs));
     let flags: Vec<i32> = scaled.iter().map(|&s| s as i32).collect();
-    // SAFETY: three lists and the flags, all of the same length; the shim catches exceptions.
+    let (lr, mut lr_tensor) = lr.parts();
+    // SAFETY: three lists and the flags, all of the same length, the lr tensor live or null; the
+    // shim catches exceptions.
     let rc = unsafe {
         moco_lars_step(
             p.ptr(),
@@ -129,6 +172,7 @@ pub fn lars_step(
             flags.as_ptr(),
             p.len(),
             lr,
+            lr_tensor.ptr(),
             momentum,
             weight_decay,
             trust,
@@ -143,6 +187,15 @@ pub fn ema(targets: &[Tensor], sources: &[Tensor], m: f64) -> Result<()> {
     let (mut t, mut s) = (Handles::of(targets), Handles::of(sources));
     // SAFETY: as in `fused_sgd`.
     let rc = unsafe { moco_foreach_ema(t.ptr(), s.ptr(), t.len(), m) };
+    check(rc, "momentum update")
+}
+
+/// [`ema`] with m a 0-dim tensor on the device, read by the kernels.
+pub fn ema_at(targets: &[Tensor], sources: &[Tensor], m: &Tensor) -> Result<()> {
+    let (mut t, mut s) = (Handles::of(targets), Handles::of(sources));
+    let mut m = m.shallow_clone();
+    // SAFETY: as in `fused_sgd`; `m` is a live handle.
+    let rc = unsafe { moco_foreach_ema_tensor(t.ptr(), s.ptr(), t.len(), m.as_mut_ptr()) };
     check(rc, "momentum update")
 }
 

@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+pub use crate::nn::foreach::Lr;
 use crate::runtime::faults::{planted, Fault};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -79,6 +80,11 @@ impl Optimizer {
     /// buffer gives buf = d at the first step too). Every tensor at once (`crate::nn::foreach`): SGD
     /// is one fused kernel, LARS a dozen ops, whatever the number of parameters.
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step_at(Lr::Value(lr))
+    }
+
+    /// [`Optimizer::step`] at an lr that may live on the device.
+    pub fn step_at(&mut self, lr: Lr) -> Result<()> {
         tch::no_grad(|| {
             let with_grad: Vec<usize> = (0..self.params.len())
                 .filter(|&i| self.params[i].1.grad().defined())
@@ -97,7 +103,7 @@ impl Optimizer {
     }
 
     /// The step of the parameters `idx`, all at their first step or none.
-    fn step_group(&mut self, idx: &[usize], lr: f64, first: bool) -> Result<()> {
+    fn step_group(&mut self, idx: &[usize], lr: Lr, first: bool) -> Result<()> {
         let params: Vec<Tensor> = idx
             .iter()
             .map(|&i| self.params[i].1.shallow_clone())

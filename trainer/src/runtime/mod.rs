@@ -3,6 +3,7 @@
 //! what a step costs the host, and the faults tests plant.
 
 pub mod counters;
+pub mod cuda_graph;
 pub mod dist;
 pub mod faults;
 pub mod isa;

@@ -33,13 +33,18 @@ pub fn run(cfg: &BenchStepConfig) -> Result<Value> {
         bail!("--timed: at least one timed step");
     }
     let mut pre = cfg.pretrain.clone();
-    pre.length = crate::config::Length::Steps(cfg.warmup + 2 * cfg.timed);
+    // With --cuda-graph the warm-up holds the graph's eager steps and its capture.
+    let warmup = match pre.run.cuda_graph {
+        true => cfg.warmup.max(super::graph::WARMUP_STEPS + 1),
+        false => cfg.warmup,
+    };
+    pre.length = crate::config::Length::Steps(warmup + 2 * cfg.timed);
     pre.knn = None;
     pre.run.resume = false;
     pre.run.device_path = cfg.gpu_path;
     let mut trainer = Trainer::prepare(&pre, StopFlag::default())?;
     let device = trainer.device;
-    for step in 0..cfg.warmup {
+    for step in 0..warmup {
         trainer.step(step, false)?;
     }
     counters::synchronize(device);
@@ -47,7 +52,7 @@ pub fn run(cfg: &BenchStepConfig) -> Result<Value> {
     let _ = counters::take_syncs();
     let counted = if cfg.count {
         let _counter = OpCounter::start(cfg.by_name)?;
-        for step in cfg.warmup..cfg.warmup + cfg.timed {
+        for step in warmup..warmup + cfg.timed {
             trainer.step(step, false)?;
         }
         counters::synchronize(device);
@@ -59,7 +64,7 @@ pub fn run(cfg: &BenchStepConfig) -> Result<Value> {
         None
     };
     let syncs = counters::take_syncs();
-    let from = cfg.warmup + cfg.timed;
+    let from = warmup + cfg.timed;
     let (mut host, t0) = (0.0, Instant::now());
     for step in from..from + cfg.timed {
         let t = Instant::now();
@@ -76,7 +81,7 @@ pub fn run(cfg: &BenchStepConfig) -> Result<Value> {
         "crop": pre.augmentation.size, "amp": pre.amp, "float64": pre.float64,
         "augmentation_path": if cfg.gpu_path || device.is_cuda() { "batched" } else { "cpu" },
         "device": format!("{device:?}"), "threads": tch::get_num_threads(),
-        "warmup_steps": cfg.warmup, "timed_steps": cfg.timed,
+        "warmup_steps": warmup, "timed_steps": cfg.timed, "cuda_graph": pre.run.cuda_graph,
         "two_view_images_per_sec": n * batch / secs,
         "ms_per_step": 1e3 * secs / n,
         "host_ms_per_step": 1e3 * host / n,

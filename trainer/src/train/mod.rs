@@ -7,6 +7,7 @@ pub mod bench_step;
 pub mod checkpoint;
 pub mod compare;
 pub mod data;
+pub mod graph;
 pub mod launch;
 pub mod monitor;
 mod setup;
@@ -26,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{Algorithm, PretrainConfig};
 use crate::methods::{Method, StepCtx};
 use crate::nn::amp::Autocast;
-use crate::nn::optim::{LossScaler, Optimizer, Schedule};
+use crate::nn::optim::{LossScaler, Lr, Optimizer, Schedule};
 use crate::observe::metrics::MetricsLog;
 use crate::runtime::dist::Dist;
 use crate::runtime::stop::{Preempted, StopFlag};
@@ -115,6 +116,8 @@ pub struct Trainer {
     t0: Instant,
     last_loss: f64,
     last_knn: Option<f64>,
+    /// `--cuda-graph`: the step captured once and replayed.
+    graph: Option<graph::GraphStep>,
 }
 
 impl Trainer {
@@ -198,7 +201,11 @@ impl Trainer {
             t0: Instant::now(),
             last_loss: f64::NAN,
             last_knn: None,
+            graph: None,
         };
+        if cfg.run.cuda_graph {
+            trainer.graph = Some(graph::GraphStep::new(&mut *trainer.method, device)?);
+        }
         trainer.figures(start, true)?;
         Ok(trainer)
     }
@@ -291,7 +298,11 @@ impl Trainer {
             kind: self.kind,
         };
         let lr = self.schedule.lr(step);
-        train_step(&mut *self.method, st, (&views.0, &views.1), &ctx, lr, log)
+        let views = (&views.0, &views.1);
+        match &mut self.graph {
+            Some(g) => g.step(&mut *self.method, st, views, &ctx, lr),
+            None => train_step(&mut *self.method, st, views, &ctx, Lr::Value(lr), log),
+        }
     }
 
     /// Whether to stop before `step`: asked for on this rank or, in a group, on any. A group

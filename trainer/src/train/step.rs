@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::methods::{Method, StepCtx};
 use crate::nn::amp::Autocast;
-use crate::nn::optim::{LossScaler, Optimizer};
+use crate::nn::optim::{LossScaler, Lr, Optimizer};
 use crate::runtime::dist::Dist;
 
 /// Everything a step changes besides the method.
@@ -37,7 +37,7 @@ pub fn train_step(
     st: StepState,
     (v1, v2): (&Tensor, &Tensor),
     ctx: &StepCtx,
-    lr: f64,
+    lr: Lr,
     log: bool,
 ) -> Result<StepOut> {
     st.opt.zero_grad();
@@ -54,7 +54,7 @@ pub fn train_step(
         None => true,
     };
     if taken {
-        st.opt.step(lr)?;
+        st.opt.step_at(lr)?;
     }
     let fields = method.after_step(ctx, log)?;
     Ok(StepOut {
