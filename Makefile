@@ -18,7 +18,9 @@ build: setup
 demo: build
 	$(ENV) bash scripts/demo.sh
 
-test: setup
+# The binaries first: the tests of the CLI docs, the README and scripts/gpu.sh run moco-export
+# and moco-infer beside moco-train, and skip without them.
+test: build
 	$(ENV) cargo test --release --workspace $(CARGO_TEST_FLAGS)
 
 # What CI adds to `make test`: formatting, lints, the libtorch-free check, the docs' words.

@@ -64,7 +64,10 @@ extern "C" int moco_graph_capture_begin(void* g, const char** error) {
         c10::cuda::setCurrentCUDAStream(graph->side);
         graph->cache_was_enabled = at::autocast::is_autocast_cache_enabled();
         at::autocast::set_autocast_cache_enabled(false);
-        graph->graph.capture_begin();
+        // Thread-local: the loader thread may pin host memory while the step is captured,
+        // which a global capture would refuse. The autograd engine's device thread launches
+        // the backward into the captured stream, and is captured with it.
+        graph->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
       },
       error);
 }
