@@ -206,10 +206,6 @@ impl Mode {
             Mode::Eval
         }
     }
-
-    pub fn is_train(self) -> bool {
-        matches!(self, Mode::Train { .. })
-    }
 }
 
 extern "C" {
