@@ -19,30 +19,16 @@ fn main() {
         // op counting, foreach and fused updates), compiled against the same libtorch headers
         // with torch-sys's flags.
         let include = std::path::Path::new(&lib).join("../include");
-        let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-        cc::Build::new()
-            .cpp(true)
+        libtorch_build(&include)
             .file("csrc/autocast.cpp")
             .file("csrc/counters.cpp")
             .file("csrc/foreach.cpp")
-            .include(&include)
-            .include(include.join("torch/csrc/api/include"))
-            .flag("-std=c++17")
-            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-            .warnings(false)
             .compile("moco_autocast");
         let cuda_libtorch = std::path::Path::new(&lib).join("libtorch_cuda.so").exists();
         // csrc/cuda_graph.cpp: `at::cuda::CUDAGraph` needs the CUDA runtime's headers; without
         // them the same file builds stubs that say so.
-        let mut graph = cc::Build::new();
-        graph
-            .cpp(true)
-            .file("csrc/cuda_graph.cpp")
-            .include(&include)
-            .include(include.join("torch/csrc/api/include"))
-            .flag("-std=c++17")
-            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-            .warnings(false);
+        let mut graph = libtorch_build(&include);
+        graph.file("csrc/cuda_graph.cpp");
         if let Some(cuda) = cuda_libtorch.then(|| cuda_include(&lib)).flatten() {
             graph.include(cuda).define("MOCO_CUDA_GRAPH", None);
         }
@@ -61,17 +47,11 @@ fn main() {
             .map(std::path::Path::new)
             .find(|d| d.join("gloo/config.h").exists());
         if let Some(gloo) = gloo {
-            let mut build = cc::Build::new();
+            let mut build = libtorch_build(&include);
             build
-                .cpp(true)
                 .file("csrc/dist.cpp")
-                .include(&include)
-                .include(include.join("torch/csrc/api/include"))
                 .include(gloo)
-                .define("USE_C10D_GLOO", None)
-                .flag("-std=c++17")
-                .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-                .warnings(false);
+                .define("USE_C10D_GLOO", None);
             // ProcessGroupNCCL: its header pulls in the CUDA runtime's headers (crt/ and CCCL's
             // nv/ included: the wheel's nvidia-cuda-runtime lacks them, scripts/setup.sh adds
             // nvidia-cuda-crt and nvidia-cuda-cccl) and nccl.h; the symbols are in libtorch_cuda.
@@ -105,6 +85,20 @@ fn main() {
         }
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// A C++ build against libtorch's headers (`include`) with torch-sys's flags.
+fn libtorch_build(include: &std::path::Path) -> cc::Build {
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .warnings(false);
+    build
 }
 
 /// Include folders for ProcessGroupNCCL.hpp: the CUDA runtime headers (with `crt/host_config.h`)

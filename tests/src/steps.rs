@@ -10,7 +10,7 @@ use models::{Arch, TensorData, TensorMap};
 use models_tch::convert::tensor_to_data;
 use tch::{Device, Kind, Tensor};
 use trainer::augment::{AugConfig, Augmenter};
-use trainer::config::{MethodConfig, OptimConfig};
+use trainer::config::{MethodConfig, OptimConfig, Recipe};
 use trainer::methods::{self, Build, Method, StepCtx};
 use trainer::nn::amp::Autocast;
 use trainer::nn::optim::{Lr, Optimizer, Schedule};
@@ -82,6 +82,28 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
         out.lrs.push(schedule.lr(s as u64));
     }
     out
+}
+
+/// `name`'s published configuration with narrow heads (64 hidden, 32 out: the algorithm is the
+/// same at any width, and the tests run in seconds), `recipe` set over it, and its optimizer
+/// with `warmup_steps` of linear warm-up then the cosine.
+pub fn narrow_config(name: &str, recipe: Recipe, warmup_steps: u64) -> (MethodConfig, OptimConfig) {
+    let entry = methods::find(name).unwrap();
+    let r = Recipe {
+        mlp_hidden: Some(64),
+        proj_dim: Some(32),
+        ..recipe
+    }
+    .or((entry.recipe)(Arch::Resnet18));
+    let optim = OptimConfig {
+        kind: r.optimizer.unwrap(),
+        lr: r.lr.unwrap(),
+        weight_decay: r.weight_decay.unwrap(),
+        momentum: r.optim_momentum.unwrap(),
+        warmup_steps,
+        cosine: true,
+    };
+    ((entry.config)(&r, Arch::Resnet18).unwrap(), optim)
 }
 
 /// The method as the trainer builds it (resnet18 on the CPU, its networks drawn after

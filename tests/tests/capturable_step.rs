@@ -5,8 +5,9 @@
 //! `trainer/tests/cuda_graph.rs` and `scripts/gpu.sh`.
 
 use moco_tests::compare::summarize;
-use moco_tests::steps::{build, compare, inputs, run_rust, run_rust_capturable, RNG_LOCK};
-use models::Arch;
+use moco_tests::steps::{
+    build, compare, inputs, narrow_config, run_rust, run_rust_capturable, RNG_LOCK,
+};
 use tch::Kind;
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
 use trainer::runtime::faults::plant;
@@ -22,24 +23,13 @@ const SIZE: u32 = 32;
 const TOL: (f64, f64, f64) = (1e-11, 1e-9, 1e-11);
 
 fn config(name: &str) -> (MethodConfig, OptimConfig, i64) {
-    let entry = trainer::methods::find(name).unwrap();
-    let r = Recipe {
-        mlp_hidden: Some(64),
-        proj_dim: Some(32),
+    let queue = Recipe {
         queue_size: (name == "mocov2").then_some(32),
         ..Recipe::default()
-    }
-    .or((entry.recipe)(Arch::Resnet18));
-    let optim = OptimConfig {
-        kind: r.optimizer.unwrap(),
-        lr: r.lr.unwrap(),
-        weight_decay: r.weight_decay.unwrap(),
-        momentum: r.optim_momentum.unwrap(),
-        warmup_steps: 1,
-        cosine: true,
     };
+    let (cfg, optim) = narrow_config(name, queue, 1);
     let splits = if name == "mocov2" { 2 } else { 1 };
-    ((entry.config)(&r, Arch::Resnet18).unwrap(), optim, splits)
+    (cfg, optim, splits)
 }
 
 fn capturable_matches_plain(name: &str) {

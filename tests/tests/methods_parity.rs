@@ -4,15 +4,14 @@
 //! network, and the whole target network after each step (its momentum/EMA update and BN
 //! buffers). Then planted faults, each of which the comparison must catch.
 
-use moco_tests::compare::summarize;
-use moco_tests::python::run_script;
 use std::collections::BTreeMap;
 
+use moco_tests::compare::summarize;
+use moco_tests::python::run_script;
 use moco_tests::steps::{
-    assert_amp_parity, build, build_with, compare, inputs, inputs_map, read_reference, run_rust,
-    run_rust_under, Inputs, Tolerances, AMP_MODE, CPU_BF16, RNG_LOCK,
+    assert_amp_parity, build, build_with, compare, inputs, inputs_map, narrow_config,
+    read_reference, run_rust, run_rust_under, Inputs, Tolerances, AMP_MODE, CPU_BF16, RNG_LOCK,
 };
-use models::Arch;
 use tch::{Kind, Tensor};
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
 use trainer::nn::optim::MomentumSchedule;
@@ -25,25 +24,9 @@ const FAULT_STEPS: usize = 2;
 const BATCH: usize = 8;
 const SIZE: u32 = 64;
 
-/// The method's published configuration with narrow heads (64 hidden, 32 out): the algorithm is
-/// the same at any width, and the test runs in seconds.
+/// The method's published configuration with narrow heads (64 hidden, 32 out).
 fn config(name: &str) -> (MethodConfig, OptimConfig) {
-    let entry = trainer::methods::find(name).unwrap();
-    let r = Recipe {
-        mlp_hidden: Some(64),
-        proj_dim: Some(32),
-        ..Recipe::default()
-    }
-    .or((entry.recipe)(Arch::Resnet18));
-    let optim = OptimConfig {
-        kind: r.optimizer.unwrap(),
-        lr: r.lr.unwrap(),
-        weight_decay: r.weight_decay.unwrap(),
-        momentum: r.optim_momentum.unwrap(),
-        warmup_steps: 2,
-        cosine: true,
-    };
-    ((entry.config)(&r, Arch::Resnet18).unwrap(), optim)
+    narrow_config(name, Recipe::default(), 2)
 }
 
 fn write_inputs(
