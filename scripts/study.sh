@@ -10,13 +10,15 @@
 #
 # BUDGET_MIN (CPU minutes per run, default 15): each recipe is first timed for CAL_STEPS (16) steps
 # in the same conditions (JOBS side by side), and its run gets as many steps as its measured speed
-# fits in the budget; the cosine schedule runs over those steps. A recipe that names --steps or
+# fits in the budget (a --crop-from recipe is timed at both ends of its ramp); the cosine schedule runs over those steps. A recipe that names --steps or
 # --epochs keeps them. Results: OUT/NAME/ (the run), OUT/NAME.linear/ (the probe, LINEAR=1),
 # OUT/study.jsonl (one line per run) and a markdown table on stdout; LINEAR_FLAGS adds flags to
 # the probe (e.g. --standardize). kNN: k 200, T 0.1, train →
 # val, at the data's size (96 px for imagenette96); KNN_EVERY=N also measures it every N epochs
-# during the run (the curve in OUT/NAME/metrics.jsonl). A run whose directory already
-# holds a result is not repeated. DATA (the imagenette96 photos; required).
+# during the run (the curve in OUT/NAME/metrics.jsonl). The table's first row is the floor: the
+# same kNN and probe on resnet18 at random init, seed FLOOR_SEED (0), measured in the same
+# conditions (FLOOR=0 skips it). A run whose directory already holds a result is not repeated.
+# DATA (the imagenette96 photos; required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -29,27 +31,65 @@ BUDGET_MIN="${BUDGET_MIN:-15}"
 CAL_STEPS="${CAL_STEPS:-16}"
 LINEAR="${LINEAR:-1}"
 LINEAR_FLAGS="${LINEAR_FLAGS:-}"
+FLOOR="${FLOOR:-1}"
+FLOOR_SEED="${FLOOR_SEED:-0}"
 BIN="${BIN:-target/release/moco-train}"
 [ -x "$BIN" ] || { echo "study: build first (make build)" >&2; exit 1; }
 [ -d "$DATA/train" ] || { echo "study: $DATA/train not found (set DATA=...)" >&2; exit 1; }
 mkdir -p "$OUT"
 
-# Steps that fit BUDGET_MIN at the speed of a CAL_STEPS-step run of the same flags.
-calibrate() { # name flags
-  local name=$1 flags=$2 dir="$OUT/.cal/$1"
-  [ -f "$dir.steps" ] && return 0
-  rm -rf "$dir"; mkdir -p "$OUT/.cal"
+# Seconds per step of FLAGS, warm: the second half of a CAL_STEPS-step run. Prints it and the side
+# of its views.
+time_step() { # dir flags
+  local dir=$1 flags=$2
+  rm -rf "$dir"
   # shellcheck disable=SC2086
   RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$dir" --threads "$THREADS" \
     --no-knn --quiet --json --steps "$CAL_STEPS" --log-every $((CAL_STEPS / 2)) $flags \
-    > /dev/null 2> "$dir.stderr" || { echo "study: calibrating $name failed: $(tail -1 "$dir.stderr")" >&2; return 0; }
-  .venv/bin/python3 - "$dir/metrics.jsonl" "$BUDGET_MIN" "$THREADS" "$flags" > "$dir.steps" <<'PY'
-import json, re, sys
-lines = [json.loads(l) for l in open(sys.argv[1])]
-ips = lines[-1]["images_per_sec"]  # the second half: warm
-batch = int(re.search(r"--batch-size\s+(\d+)", sys.argv[4] + " --batch-size 256").group(1))
-secs = float(sys.argv[2]) * 60 / int(sys.argv[3])
-print(max(1, int(secs * ips / batch)))
+    > /dev/null 2> "$dir.stderr" || return 1
+  .venv/bin/python3 - "$dir" <<'PY'
+import json, sys
+last = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")][-1]
+alg = json.load(open(sys.argv[1] + "/config.json"))["algorithm"]
+print(alg["batch_size"] / last["images_per_sec"], alg["augmentation"]["size"])
+PY
+}
+
+# Steps that fit BUDGET_MIN at the measured speed of the recipe. A recipe with progressive
+# resizing (`--crop-from A`) is timed at both ends of its ramp (views of A and of its final side
+# B); its steps at each side are priced between the two by the side's area, as the ramp spends
+# them (`AugConfig::size_at`: a linear ramp in steps of 8 pixels).
+calibrate() { # name flags
+  local name=$1 flags=$2 dir="$OUT/.cal/$1" from fixed end start=""
+  [ -f "$dir.steps" ] && return 0
+  mkdir -p "$OUT/.cal"
+  from=$(echo "$flags" | sed -nE 's/.*--crop-from[ =]+([0-9]+).*/\1/p')
+  fixed=$(echo "$flags" | sed -E 's/--crop-from[ =]+[0-9]+//')
+  end=$(time_step "$dir" "$fixed") \
+    || { echo "study: calibrating $name failed: $(tail -1 "$dir.stderr")" >&2; return 0; }
+  if [ -n "$from" ]; then
+    local small
+    if echo "$fixed" | grep -qE -- '--crop[ =]+[0-9]+'; then
+      small=$(echo "$fixed" | sed -E "s/--crop[ =]+[0-9]+/--crop $from/")
+    else
+      small="$fixed --crop $from"
+    fi
+    start=$(time_step "$dir.from" "$small") \
+      || { echo "study: calibrating $name at $from px failed: $(tail -1 "$dir.from.stderr")" >&2; return 0; }
+  fi
+  .venv/bin/python3 - "$BUDGET_MIN" "$THREADS" "$end" "$start" > "$dir.steps" <<'PY'
+import sys
+secs = float(sys.argv[1]) * 60 / int(sys.argv[2])
+t_b, b = (float(v) for v in sys.argv[3].split())
+per_step = t_b
+if sys.argv[4]:
+    t_a, a = (float(v) for v in sys.argv[4].split())
+    def side(t):  # AugConfig::size_at
+        return min(max(round((a + (b - a) * t) / 8) * 8, min(a, b)), max(a, b))
+    cost = lambda s: t_a + (t_b - t_a) * (s * s - a * a) / (b * b - a * a)
+    if a != b:
+        per_step = sum(cost(side(i / 1000)) for i in range(1000)) / 1000
+print(max(1, int(secs / per_step)))
 PY
 }
 
@@ -92,16 +132,42 @@ calibrate_line() { # "name | flags": the calibration alone (all recipes are time
   local name flags; name="$(echo "${1%%|*}" | xargs)"; flags="${1#*|}"
   [ -f "$OUT/$name/result.json" ] || echo "$flags" | grep -qE -- '--(steps|epochs)' || calibrate "$name" "$flags"
 }
-export -f one calibrate calibrate_line; export OUT DATA THREADS BIN BUDGET_MIN CAL_STEPS LINEAR LINEAR_FLAGS KNN_EVERY
+export -f one time_step calibrate calibrate_line; export OUT DATA THREADS BIN BUDGET_MIN CAL_STEPS LINEAR LINEAR_FLAGS KNN_EVERY
 lines() { grep -v '^\s*#' "$RECIPES" | grep '|' | tr '\n' '\0'; }
 lines | xargs -0 -P "$JOBS" -I{} bash -c 'calibrate_line "$1"' _ {}
 lines | xargs -0 -P "$JOBS" -I{} bash -c 'one "$1"' _ {}
+
+# The random-init floor, measured as the runs are.
+floor() {
+  local dir="$OUT/floor" init=(--random-init --arch resnet18 --seed "$FLOOR_SEED")
+  mkdir -p "$dir"
+  if [ ! -f "$dir/knn.json" ]; then
+    RAYON_NUM_THREADS="$THREADS" "$BIN" knn "${init[@]}" --data "$DATA" --threads "$THREADS" --json \
+      2> "$dir.knn.stderr" | tail -1 > "$dir/knn.json.tmp" && mv "$dir/knn.json.tmp" "$dir/knn.json" \
+      || echo "study: kNN of the floor failed: $(tail -1 "$dir.knn.stderr")" >&2
+  fi
+  if [ "$LINEAR" = 1 ] && [ ! -f "$OUT/floor.linear/result.json" ]; then
+    # shellcheck disable=SC2086
+    RAYON_NUM_THREADS="$THREADS" "$BIN" linear "${init[@]}" --data "$DATA" --out "$OUT/floor.linear" \
+      --fast --epochs 100 --threads "$THREADS" $LINEAR_FLAGS --json > "$OUT/floor.linear.stdout" \
+      2> "$OUT/floor.linear.stderr" \
+      && tail -1 "$OUT/floor.linear.stdout" > "$OUT/floor.linear/result.json" \
+      || echo "study: linear of the floor failed: $(tail -1 "$OUT/floor.linear.stderr")" >&2
+  fi
+}
+[ "$FLOOR" = 1 ] && floor
 
 .venv/bin/python3 - "$RECIPES" "$OUT" "$THREADS" <<'PY'
 import json, os, sys
 recipes, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("| run | flags | steps | images seen | CPU min | final loss | kNN top-1 | linear top-1 |")
 print("|---|---|---|---|---|---|---|---|")
+top1 = lambda path: json.load(open(path))["top1"] if os.path.exists(path) else None
+pct = lambda v: "" if v is None else f"{100 * v:.1f} %"
+floor_knn = top1(os.path.join(out, "floor", "knn.json"))
+floor_linear = top1(os.path.join(out, "floor.linear", "result.json"))
+if floor_knn is not None or floor_linear is not None:
+    print(f"| random init (the floor) | | 0 | 0 | 0 | | {pct(floor_knn)} | {pct(floor_linear)} |")
 with open(os.path.join(out, "study.jsonl"), "w") as log:
     for line in open(recipes):
         if line.lstrip().startswith("#") or "|" not in line:
@@ -116,12 +182,10 @@ with open(os.path.join(out, "study.jsonl"), "w") as log:
         r.update(name=name, flags=flags, batch=cfg["algorithm"]["batch_size"])
         r["images"] = r["steps"] * r["batch"]
         r["cpu_minutes"] = r["seconds"] * threads / 60
-        lin = os.path.join(out, name + ".linear", "result.json")
-        r["linear_top1"] = json.load(open(lin))["top1"] if os.path.exists(lin) else None
-        knn = os.path.join(out, name, "knn.json")
-        r["knn_top1"] = json.load(open(knn))["top1"] if os.path.exists(knn) else None
+        r["linear_top1"] = top1(os.path.join(out, name + ".linear", "result.json"))
+        r["knn_top1"] = top1(os.path.join(out, name, "knn.json"))
+        r.update(floor_knn_top1=floor_knn, floor_linear_top1=floor_linear)
         log.write(json.dumps(r) + "\n")
-        pct = lambda v: "" if v is None else f"{100 * v:.1f} %"
         print(f"| {name} | `{flags}` | {r['steps']} | {r['images']:,} | {r['cpu_minutes']:.0f} | "
               f"{r['loss']:.3f} | {pct(r.get('knn_top1'))} | {pct(r['linear_top1'])} |")
 PY

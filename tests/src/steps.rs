@@ -75,8 +75,8 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
             .view([batch as i64, 96, 96, 3])
             .permute([0, 3, 1, 2]);
         let mut rng = stream(DRAW_SEED, Purpose::Augment, s as u64);
-        let p1 = aug.draw(&mut rng, batch, 96, 96);
-        let p2 = aug.draw(&mut rng, batch, 96, 96);
+        let p1 = aug.draw(&mut rng, 0, batch, (96, 96));
+        let p2 = aug.draw(&mut rng, 1, batch, (96, 96));
         out.im1.push(aug.views(&images, &p1));
         out.im2.push(aug.views(&images, &p2));
         out.lrs.push(schedule.lr(s as u64));

@@ -1,7 +1,8 @@
 //! The augmentations against torchvision (`tests/python/augment_reference.py`): the deterministic
 //! parts image for image (given the same crop box, flip, factors and σ), the random parts in
-//! distribution (two-sample Kolmogorov–Smirnov on 20,000 draws, rates within binomial noise), and
-//! a planted wrong scale range that the distribution test must reject.
+//! distribution (two-sample Kolmogorov–Smirnov on 20,000 draws, rates within binomial noise) for
+//! aug+ and for BYOL's two views, and planted wrong draws (a scale range, swapped views) that the
+//! distribution tests must reject.
 
 use std::collections::BTreeMap;
 
@@ -67,6 +68,7 @@ fn deterministic_parts_match_torchvision() {
             }));
             v.grayscale = i % 4 == 1;
             v.blur_sigma = (i % 2 == 0).then(|| rng.random_range(0.1f32..2.0));
+            v.solarize = i % 3 == 0;
             v
         })
         .collect();
@@ -102,6 +104,7 @@ fn deterministic_parts_match_torchvision() {
             ops::grayscale(&rrc).expand([-1, 3, -1, -1], false),
         ),
         ("blur", ops::gaussian_blur(&rrc, &sigmas, ops::BLUR_KERNEL)),
+        ("solarize", ops::solarize(&rrc, &vec![true; n])),
     ]);
 
     let dir = tempfile::tempdir().unwrap();
@@ -192,11 +195,11 @@ fn deterministic_parts_match_torchvision() {
         "hue vs float64: ours {ours_hue}, torchvision {tv_hue}"
     );
 
-    // The whole view (crop, jitter in each image's order, grayscale, blur, flip) against the same
+    // The whole view (crop, jitter in each image's order, grayscale, blur, solarize, flip) against the same
     // ops composed one image at a time: the batching and the order bookkeeping.
     let aug = Augmenter::new(cfg, &Default::default(), Device::Cpu);
     let whole = aug.views_01(&images, &params);
-    for i in [0usize, 1, 5, 10] {
+    for i in [0usize, 1, 3, 5, 10] {
         let p = &params[i];
         let mut x = rrc.narrow(0, i as i64, 1);
         let j = p.jitter.unwrap();
@@ -214,6 +217,9 @@ fn deterministic_parts_match_torchvision() {
         if let Some(s) = p.blur_sigma {
             x = ops::gaussian_blur(&x, &[s], ops::BLUR_KERNEL);
         }
+        if p.solarize {
+            x = ops::solarize(&x, &[true]);
+        }
         let d = (x - whole.narrow(0, i as i64, 1))
             .abs()
             .max()
@@ -222,7 +228,7 @@ fn deterministic_parts_match_torchvision() {
     }
     // The batched GPU path (every view in one pass: crops as interpolation matrices, jitter in
     // rounds over the whole batch, per-view blur kernels) against the same composition, and
-    // against the CPU path: crops, jitter order, grayscale and blur bookkeeping of the batch.
+    // against the CPU path: crops, jitter order, grayscale, blur and solarize bookkeeping.
     let mut gpu = Augmenter::new(AugConfig::mocov2(SIZE), &Default::default(), Device::Cpu);
     gpu.use_batched_path();
     let batched = gpu.views_01(&images, &params);
@@ -290,6 +296,9 @@ fn rust_draws(cfg: &AugConfig, n: usize) -> Draws {
         s.entry("applied_blur")
             .or_default()
             .push(v.blur_sigma.is_some() as u8 as f64);
+        s.entry("applied_solarize")
+            .or_default()
+            .push(v.solarize as u8 as f64);
         s.entry("applied_flip")
             .or_default()
             .push(v.flip as u8 as f64);
@@ -334,17 +343,27 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-#[test]
-fn random_parts_match_torchvision_in_distribution() {
-    let n = 20_000;
+/// torchvision's draws of `pipeline` (`augment_reference.py distribution`).
+fn reference_draws(n: usize, pipeline: &str) -> BTreeMap<String, Tensor> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("draws.safetensors");
     run_script(
         "augment_reference.py",
-        &["distribution", out.to_str().unwrap(), &n.to_string()],
+        &[
+            "distribution",
+            out.to_str().unwrap(),
+            &n.to_string(),
+            pipeline,
+        ],
     )
     .unwrap();
-    let reference = load(&out);
+    load(&out)
+}
+
+#[test]
+fn random_parts_match_torchvision_in_distribution() {
+    let n = 20_000;
+    let reference = reference_draws(n, "mocov2");
     let failed = distribution_failures(&rust_draws(&AugConfig::mocov2(96), n), &reference);
     assert!(failed.is_empty(), "differ from torchvision: {failed:?}");
 
@@ -358,4 +377,25 @@ fn random_parts_match_torchvision_in_distribution() {
         failed.contains(&"area".to_string()),
         "a wrong scale range went unnoticed"
     );
+}
+
+/// BYOL's pair of pipelines (MoCo v3's `augmentation1` and `augmentation2`), each view against
+/// its torchvision pipeline; the views swapped must fail on blur and solarize.
+#[test]
+fn byols_two_views_match_torchvision_in_distribution() {
+    let n = 20_000;
+    let cfg = AugConfig::byol(96);
+    let second = reference_draws(n, "byol2");
+    for (view, reference) in [(0, &reference_draws(n, "byol1")), (1, &second)] {
+        let failed = distribution_failures(&rust_draws(&cfg.view(view), n), reference);
+        assert!(failed.is_empty(), "view {view} differs: {failed:?}");
+    }
+    // Planted: the first view's pipeline drawn for the second.
+    let failed = distribution_failures(&rust_draws(&cfg.view(0), n), &second);
+    for part in ["applied_blur", "applied_solarize"] {
+        assert!(
+            failed.contains(&part.to_string()),
+            "swapped views: {failed:?}"
+        );
+    }
 }

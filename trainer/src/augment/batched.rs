@@ -15,7 +15,7 @@
 //!   and 0 on the others (exact both ways).
 //! - Grayscale through a `lerp` of the same kind; the blur as one grouped convolution per axis
 //!   with per-view kernels computed on the device (the unblurred views get a unit impulse, also
-//!   exact).
+//!   exact); solarize as one `where` over the batch.
 //!
 //! The CPU keeps its own path (`color_cpu`, `blur_cpu`): per-image host loops are faster there.
 //! tests/augment_parity.rs holds this path to the per-op reference and to torchvision.
@@ -94,10 +94,12 @@ mod col {
     pub const GRAY: usize = 5;
     /// Blur σ (0: not blurred).
     pub const SIGMA: usize = 6;
+    /// Solarized (0/1).
+    pub const SOLAR: usize = 7;
     /// Per jitter round r, from its start: the blend's factor f, its weights of the gray mean
     /// (1 − contrast on a contrast round) and of the gray image (1 − saturation), the hue mask
     /// (1 when the view shifts its hue in round r) and 6·shift.
-    pub const ROUND: usize = 7;
+    pub const ROUND: usize = 8;
     pub const FACTOR: usize = 0;
     pub const MEAN_WEIGHT: usize = 1;
     pub const GRAY_WEIGHT: usize = 2;
@@ -117,6 +119,7 @@ fn row(v: &ViewParams) -> [f32; col::WIDTH_ALL] {
     r[col::FLIP] = f32::from(u8::from(v.flip));
     r[col::GRAY] = f32::from(u8::from(v.grayscale));
     r[col::SIGMA] = v.blur_sigma.unwrap_or(0.0);
+    r[col::SOLAR] = f32::from(u8::from(v.solarize));
     for round in 0..4 {
         let at = col::ROUND + round * col::PER_ROUND;
         r[at..at + col::PER_ROUND].copy_from_slice(&round_columns(v, round));
@@ -143,6 +146,7 @@ struct Uses {
     rounds: [[bool; 4]; 4],
     gray: bool,
     blur: bool,
+    solarize: bool,
 }
 
 fn uses(views: &[&ViewParams]) -> Uses {
@@ -150,6 +154,7 @@ fn uses(views: &[&ViewParams]) -> Uses {
         rounds: [[false; 4]; 4],
         gray: false,
         blur: false,
+        solarize: false,
     };
     for v in views {
         if let Some(j) = v.jitter {
@@ -159,6 +164,7 @@ fn uses(views: &[&ViewParams]) -> Uses {
         }
         u.gray |= v.grayscale;
         u.blur |= v.blur_sigma.is_some();
+        u.solarize |= v.solarize;
     }
     u
 }
@@ -179,11 +185,24 @@ pub fn views(images: &Tensor, params: &[&[ViewParams]], size: u32, cache: &Const
     };
     let x = resized_crop_flip(&source, &cols, &k);
     let x = colour_stage(x, &cols, &u, &k);
-    if u.blur {
+    let x = if u.blur {
         blur(&x, &cols[col::SIGMA], &k)
     } else {
         x
+    };
+    if u.solarize {
+        solarize(&x, &cols[col::SOLAR])
+    } else {
+        x
     }
+}
+
+/// RandomSolarize of the views whose column `on` is 1 (the others kept exactly).
+fn solarize(x: &Tensor, on: &Tensor) -> Tensor {
+    let keep = x
+        .lt(f64::from(super::params::SOLARIZE_THRESHOLD))
+        .logical_or(&on.eq(0.0));
+    x.where_self(&keep, &(x.neg() + 1.0))
 }
 
 /// The colour stage alone (jitter in its rounds, then grayscale) of cropped views `x`

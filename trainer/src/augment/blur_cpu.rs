@@ -101,7 +101,12 @@ mod tests {
             &models::Preprocess::default(),
             Device::Cpu,
         );
-        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), 24, 96, 96);
+        let p = aug.draw(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+            0,
+            24,
+            (96, 96),
+        );
         let idx: Vec<usize> = (0..24).filter(|&i| p[i].blur_sigma.is_some()).collect();
         assert!(idx.len() > 3, "some views must be blurred");
         let x = Tensor::rand([24, 3, 96, 96], (Kind::Float, Device::Cpu));

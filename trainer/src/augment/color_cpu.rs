@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::params::{Jitter, ViewParams};
+use super::params::{Jitter, ViewParams, SOLARIZE_THRESHOLD};
 use crate::runtime::isa::{multiversioned, IsaPath};
 
 const GRAY: [f32; 3] = [0.2989, 0.587, 0.114];
@@ -116,6 +116,21 @@ pub fn jitter_and_grayscale_on(path: IsaPath, x: &mut [f32], n: usize, p: &[View
         .for_each(|(img, v)| one_image(path, img, n, v));
 }
 
+/// RandomSolarize of the images drawn for it, in place: values at or above
+/// [`SOLARIZE_THRESHOLD`] become `1 − v` (torchvision's `solarize` for float images).
+pub fn solarize(x: &mut [f32], n: usize, p: &[ViewParams]) {
+    x.par_chunks_mut(3 * n)
+        .zip(p)
+        .filter(|(_, v)| v.solarize)
+        .for_each(|(img, _)| {
+            for v in img {
+                if *v >= SOLARIZE_THRESHOLD {
+                    *v = 1.0 - *v;
+                }
+            }
+        });
+}
+
 multiversioned! {
     /// Compiled for AVX-512 and AVX2+FMA too: the loops above are written to vectorize, and the
     /// portable baseline (SSE2) would use a quarter of the lanes.
@@ -156,7 +171,12 @@ mod tests {
             &models::Preprocess::default(),
             Device::Cpu,
         );
-        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2), 32, 48, 48);
+        let p = aug.draw(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(2),
+            0,
+            32,
+            (48, 48),
+        );
         assert!(p.iter().filter(|v| v.jitter.is_some()).count() > 10);
         let x = Tensor::rand([32, 3, 48, 48], (Kind::Float, Device::Cpu));
         let want = crate::augment::batched::colour(&x, &p, &Default::default());

@@ -1,4 +1,4 @@
-//! MoCo v2's aug+ (and the linear-eval train transform), batched with libtorch on the training
+//! MoCo v2's aug+, BYOL's pair of pipelines (and the linear-eval train transform), batched with libtorch on the training
 //! device. Parameters are drawn on the host from a seeded stream (`params`), then one batch of
 //! uint8 images becomes normalized float views in a handful of batched kernels (`ops`).
 
@@ -46,9 +46,17 @@ impl Augmenter {
         self.batched = true;
     }
 
-    pub fn draw(&self, rng: &mut impl Rng, n: usize, height: u32, width: u32) -> Vec<ViewParams> {
+    /// Parameters of view `view` (0 or 1 of a pair: BYOL's pipelines differ) of `n` images.
+    pub fn draw(
+        &self,
+        rng: &mut impl Rng,
+        view: usize,
+        n: usize,
+        (height, width): (u32, u32),
+    ) -> Vec<ViewParams> {
+        let cfg = self.cfg.view(view);
         (0..n)
-            .map(|_| params::draw_view(rng, &self.cfg, height, width))
+            .map(|_| params::draw_view(rng, &cfg, height, width))
             .collect()
     }
 
@@ -130,7 +138,8 @@ impl Augmenter {
     }
 }
 
-/// The CPU path of one chunk: crop + flip in libtorch, then colour and blur in one host buffer.
+/// The CPU path of one chunk: crop + flip in libtorch, then colour, blur and solarize in one host
+/// buffer.
 fn cpu_views_01(images: &Tensor, p: &[ViewParams], size: u32) -> Tensor {
     let x = images.to_kind(Kind::Float) / 255.0;
     let boxes: Vec<CropBox> = p.iter().map(|v| v.crop).collect();
@@ -140,6 +149,7 @@ fn cpu_views_01(images: &Tensor, p: &[ViewParams], size: u32) -> Tensor {
     let mut buf = Vec::<f32>::try_from(x.contiguous().flatten(0, -1)).expect("f32 views");
     color_cpu::jitter_and_grayscale(&mut buf, (h * w) as usize, p);
     blur_cpu::blur(&mut buf, h as usize, w as usize, p, ops::BLUR_KERNEL);
+    color_cpu::solarize(&mut buf, (h * w) as usize, p);
     Tensor::from_slice(&buf).view([n, c, h, w])
 }
 
@@ -159,7 +169,12 @@ mod tests {
         let _serial = THREAD_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
         let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
         let images = Tensor::randint(256, [40, 3, 40, 40], (Kind::Uint8, Device::Cpu));
-        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3), 40, 40, 40);
+        let p = aug.draw(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+            0,
+            40,
+            (40, 40),
+        );
         let whole = aug.views(&images, &p);
         let parts = Tensor::cat(
             &[
@@ -180,7 +195,12 @@ mod tests {
         tch::set_num_threads(2);
         let aug = Augmenter::new(AugConfig::mocov2(32), &Preprocess::default(), Device::Cpu);
         let images = Tensor::randint(256, [64, 3, 40, 40], (Kind::Uint8, Device::Cpu));
-        let p = aug.draw(&mut rand_chacha::ChaCha8Rng::seed_from_u64(4), 64, 40, 40);
+        let p = aug.draw(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(4),
+            0,
+            64,
+            (40, 40),
+        );
         let _ = aug.views(&images, &p);
         assert_eq!(tch::get_num_threads(), 2);
     }

@@ -193,6 +193,16 @@ pub fn gaussian_kernel(sigma: f32, taps: usize) -> Vec<f32> {
     pdf.iter().map(|p| p / sum).collect()
 }
 
+/// `F.solarize(img, SOLARIZE_THRESHOLD)` of the images whose `on` is set; the others unchanged.
+pub fn solarize(x: &Tensor, on: &[bool]) -> Tensor {
+    let on: Vec<f32> = on.iter().map(|&b| f32::from(u8::from(b))).collect();
+    let on = per_image(&on, x.device(), x.kind());
+    let keep = x
+        .lt(f64::from(super::params::SOLARIZE_THRESHOLD))
+        .logical_or(&on.eq(0.0));
+    x.where_self(&keep, &(x.neg() + 1.0))
+}
+
 /// `F.gaussian_blur(img, [taps, taps], [σ, σ])` with reflect padding, one σ per image: one
 /// grouped convolution per axis over the whole batch.
 pub fn gaussian_blur(x: &Tensor, sigmas: &[f32], taps: usize) -> Tensor {

@@ -91,7 +91,29 @@ pub struct AugConfig {
     pub grayscale_p: f64,
     pub blur_p: f64,
     pub blur_sigma: (f64, f64),
+    /// RandomSolarize (threshold [`SOLARIZE_THRESHOLD`]); zero in aug+.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub solarize_p: f64,
     pub flip_p: f64,
+    /// The second view's blur and solarize probabilities where they differ from the first's:
+    /// BYOL's asymmetric pair of pipelines, which MoCo v3 adopts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_view: Option<ViewProbs>,
+}
+
+/// The probabilities BYOL draws differently for its two views.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ViewProbs {
+    pub blur_p: f64,
+    pub solarize_p: f64,
+}
+
+/// Pixels at or above this value are inverted by RandomSolarize (BYOL's threshold for images in
+/// [0, 1]).
+pub const SOLARIZE_THRESHOLD: f32 = 0.5;
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl AugConfig {
@@ -106,7 +128,41 @@ impl AugConfig {
             grayscale_p: 0.2,
             blur_p: 0.5,
             blur_sigma: (0.1, 2.0),
+            solarize_p: 0.0,
             flip_p: 0.5,
+            second_view: None,
+        }
+    }
+
+    /// BYOL's augmentations (MoCo v3's `augmentation1` / `augmentation2`): crop (0.08, 1),
+    /// colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, flip; blur on every first
+    /// view and a tenth of the second views; solarize on a fifth of the second views only.
+    pub fn byol(size: u32) -> Self {
+        AugConfig {
+            scale: (0.08, 1.0),
+            jitter: (0.4, 0.4, 0.2, 0.1),
+            blur_p: 1.0,
+            second_view: Some(ViewProbs {
+                blur_p: 0.1,
+                solarize_p: 0.2,
+            }),
+            ..Self::mocov2(size)
+        }
+    }
+
+    /// The pipeline of view `view` (0 or 1) of a pair.
+    pub fn view(&self, view: usize) -> AugConfig {
+        match (view, self.second_view) {
+            (1, Some(p)) => AugConfig {
+                blur_p: p.blur_p,
+                solarize_p: p.solarize_p,
+                second_view: None,
+                ..self.clone()
+            },
+            _ => AugConfig {
+                second_view: None,
+                ..self.clone()
+            },
         }
     }
 
@@ -164,6 +220,7 @@ pub struct Disabled {
     pub color: bool,
     pub grayscale: bool,
     pub blur: bool,
+    pub solarize: bool,
     pub flip: bool,
 }
 
@@ -184,6 +241,13 @@ impl AugConfig {
         if off.blur {
             c.blur_p = 0.0;
         }
+        if off.solarize {
+            c.solarize_p = 0.0;
+        }
+        if let Some(second) = c.second_view.as_mut() {
+            second.blur_p *= f64::from(u8::from(!off.blur));
+            second.solarize_p *= f64::from(u8::from(!off.solarize));
+        }
         if off.flip {
             c.flip_p = 0.0;
         }
@@ -199,6 +263,8 @@ pub struct ViewParams {
     pub jitter: Option<Jitter>,
     pub grayscale: bool,
     pub blur_sigma: Option<f32>,
+    #[serde(default)]
+    pub solarize: bool,
 }
 
 /// A factor range `[max(0, 1-s), 1+s]` as torchvision's `_check_input` builds it.
@@ -209,7 +275,8 @@ fn factor(rng: &mut impl Rng, s: f64) -> f32 {
     rng.random_range((1.0 - s).max(0.0)..=1.0 + s) as f32
 }
 
-/// Draws in the order torchvision's `Compose` would: crop, jitter, grayscale, blur, flip.
+/// Draws in the order torchvision's `Compose` would: crop, jitter, grayscale, blur, solarize,
+/// flip. A pipeline without solarize draws nothing for it, so aug+'s stream is unchanged.
 pub fn draw_view(rng: &mut impl Rng, cfg: &AugConfig, height: u32, width: u32) -> ViewParams {
     let crop = resized_crop_box(rng, height, width, cfg.scale, cfg.ratio);
     let jitter = (rng.random::<f64>() < cfg.jitter_p).then(|| {
@@ -233,6 +300,7 @@ pub fn draw_view(rng: &mut impl Rng, cfg: &AugConfig, height: u32, width: u32) -
     let grayscale = rng.random::<f64>() < cfg.grayscale_p;
     let blur_sigma = (rng.random::<f64>() < cfg.blur_p)
         .then(|| rng.random_range(cfg.blur_sigma.0..=cfg.blur_sigma.1) as f32);
+    let solarize = cfg.solarize_p > 0.0 && rng.random::<f64>() < cfg.solarize_p;
     let flip = rng.random::<f64>() < cfg.flip_p;
     ViewParams {
         crop,
@@ -240,6 +308,7 @@ pub fn draw_view(rng: &mut impl Rng, cfg: &AugConfig, height: u32, width: u32) -
         jitter,
         grayscale,
         blur_sigma,
+        solarize,
     }
 }
 
@@ -269,6 +338,7 @@ mod tests {
             color: true,
             grayscale: true,
             blur: true,
+            solarize: true,
             flip: true,
         };
         let cfg = AugConfig::mocov2(64).without(off);
@@ -280,6 +350,30 @@ mod tests {
             );
             assert!(v.jitter.is_none() && !v.grayscale && v.blur_sigma.is_none() && !v.flip);
         }
+    }
+
+    #[test]
+    fn byols_views_differ_in_blur_and_solarize_only() {
+        let cfg = AugConfig::byol(64);
+        let (v1, v2) = (cfg.view(0), cfg.view(1));
+        assert_eq!((v1.blur_p, v1.solarize_p), (1.0, 0.0));
+        assert_eq!((v2.blur_p, v2.solarize_p), (0.1, 0.2));
+        assert_eq!(
+            AugConfig {
+                blur_p: 1.0,
+                solarize_p: 0.0,
+                ..v2
+            },
+            v1
+        );
+        let off = Disabled {
+            blur: true,
+            solarize: true,
+            ..Disabled::default()
+        };
+        let plain = cfg.without(off).view(1);
+        assert_eq!((plain.blur_p, plain.solarize_p), (0.0, 0.0));
+        assert_eq!(AugConfig::mocov2(64).view(1), AugConfig::mocov2(64));
     }
 
     #[test]

@@ -25,18 +25,21 @@ pub struct AugArgs {
     /// No RandomGrayscale.
     #[arg(long)]
     pub no_grayscale: bool,
-    /// No GaussianBlur.
+    /// No GaussianBlur (on either view).
     #[arg(long)]
     pub no_blur: bool,
+    /// No RandomSolarize (BYOL's and MoCo v3's second view).
+    #[arg(long)]
+    pub no_solarize: bool,
     /// No horizontal flip.
     #[arg(long)]
     pub no_flip: bool,
 }
 
 impl AugArgs {
-    /// aug+ for images of side `size`, with these flags applied.
-    pub fn config(&self, size: u32) -> Result<AugConfig> {
-        let aug = self.apply(AugConfig::mocov2(self.crop.unwrap_or(size)));
+    /// `pipeline` (a method's augmentations) for images of side `size`, with these flags applied.
+    pub fn config(&self, pipeline: fn(u32) -> AugConfig, size: u32) -> Result<AugConfig> {
+        let aug = self.apply(pipeline(self.crop.unwrap_or(size)));
         aug.check()?;
         Ok(aug)
     }
@@ -52,6 +55,7 @@ impl AugArgs {
             color: self.no_color,
             grayscale: self.no_grayscale,
             blur: self.no_blur,
+            solarize: self.no_solarize,
             flip: self.no_flip,
         })
     }

@@ -30,6 +30,10 @@ pub struct PreviewArgs {
     pub cache_dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// Whose augmentations: each method's published pipeline (BYOL and MoCo v3 draw their two
+    /// views differently).
+    #[arg(long, default_value = "mocov2", value_parser = clap::builder::PossibleValuesParser::new(crate::methods::names()))]
+    pub method: String,
     #[command(flatten)]
     pub aug: crate::cli::aug_args::AugArgs,
 }
@@ -47,7 +51,9 @@ impl PreviewArgs {
             out: self.out.clone(),
             n: self.n,
             seed: self.seed,
-            aug: self.aug.config(self.size)?,
+            aug: self
+                .aug
+                .config(crate::methods::find(&self.method)?.augmentation, self.size)?,
             progress: !self.json,
         })
     }

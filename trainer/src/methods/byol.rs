@@ -2,10 +2,8 @@
 //! normalised projection of a target network, an exponential moving average of it updated after
 //! each optimizer step with τ rising from its base to 1 on a cosine; no negatives; LARS.
 //!
-//! The published augmentations are asymmetric (blur always on one view and rarely on the other,
-//! solarisation on one): this project's pipeline draws both views alike, so BYOL runs on its
-//! symmetric part here (crop (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2,
-//! blur with p 0.5, flip).
+//! The published augmentations are asymmetric: blur on every first view and a tenth of the
+//! second, solarize on a fifth of the second (`AugConfig::byol`).
 
 use std::rc::Rc;
 
@@ -29,7 +27,7 @@ pub const BYOL: Entry = Entry {
     name: "byol",
     about: "BYOL: predictor on the online network, EMA target, no negatives, LARS",
     recipe,
-    augmentation,
+    augmentation: AugConfig::byol,
     config,
     build: |cfg, b| {
         let desc = ResNetDesc::new(b.arch);
@@ -58,14 +56,6 @@ fn recipe(_: Arch) -> Recipe {
         proj_dim: Some(256),
         mlp_hidden: Some(4096),
         ..Recipe::default()
-    }
-}
-
-fn augmentation(size: u32) -> AugConfig {
-    AugConfig {
-        scale: (0.08, 1.0),
-        jitter: (0.4, 0.4, 0.2, 0.1),
-        ..AugConfig::mocov2(size)
     }
 }
 

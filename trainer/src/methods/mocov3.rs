@@ -3,8 +3,8 @@
 //! 1 on a cosine, no queue — each view's predictions against the other view's keys of the whole
 //! batch, the loss scaled by 2T — and LARS.
 //!
-//! The published augmentations (BYOL's, with solarisation and per-view blur) are not all in this
-//! project's pipeline: MoCo v3 runs on aug+ here.
+//! The published augmentations are BYOL's (`AugConfig::byol`: per-view blur, solarize on the
+//! second view).
 
 use std::rc::Rc;
 
@@ -29,7 +29,7 @@ pub const MOCOV3: Entry = Entry {
     about: "MoCo v3: projector + predictor, symmetric loss over the batch's keys, no queue, \
             momentum rising to 1, LARS",
     recipe,
-    augmentation: AugConfig::mocov2,
+    augmentation: AugConfig::byol,
     config,
     build: |cfg, b| {
         let desc = ResNetDesc::new(b.arch);

@@ -47,8 +47,8 @@ pub fn view_tiles(images: &Tensor, aug: &AugConfig, seed: u64, size: u32) -> Vec
     let n = images.size()[0] as usize;
     let augmenter = Augmenter::new(aug.clone(), &Preprocess::default(), Device::Cpu);
     let mut rng = stream(seed, Purpose::Preview, 0);
-    let v1 = augmenter.views_01(images, &augmenter.draw(&mut rng, n, size, size));
-    let v2 = augmenter.views_01(images, &augmenter.draw(&mut rng, n, size, size));
+    let v1 = augmenter.views_01(images, &augmenter.draw(&mut rng, 0, n, (size, size)));
+    let v2 = augmenter.views_01(images, &augmenter.draw(&mut rng, 1, n, (size, size)));
     let originals = images.to_kind(Kind::Float) / 255.0;
     let mut tiles = Vec::new();
     for i in 0..n as i64 {

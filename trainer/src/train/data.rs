@@ -186,8 +186,8 @@ impl ViewMaker {
     pub fn views(&self, images: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
         let mut rng = stream(self.seed, Purpose::Augment, step);
         let (s, r, w) = (self.size, self.share.rank, self.share.world);
-        let p1 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
-        let p2 = share(&self.aug.draw(&mut rng, self.batch, s, s), r, w);
+        let p1 = share(&self.aug.draw(&mut rng, 0, self.batch, (s, s)), r, w);
+        let p2 = share(&self.aug.draw(&mut rng, 1, self.batch, (s, s)), r, w);
         let in_kind = |v: Tensor| match self.kind {
             Kind::Float => v,
             k => v.to_kind(k),

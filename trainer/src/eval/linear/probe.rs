@@ -59,7 +59,7 @@ impl FeatureSource<'_> {
                 let images = train.batch(idx);
                 let mut rng = stream(c.seed, Purpose::LinearAugment, step);
                 let size = c.data.size;
-                let p = self.aug.draw(&mut rng, idx.len(), size, size);
+                let p = self.aug.draw(&mut rng, 0, idx.len(), (size, size));
                 let x = self.aug.views(&images, &p);
                 if self.finetune {
                     self.backbone.net.forward_t(&x, true)

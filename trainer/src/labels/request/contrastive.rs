@@ -65,8 +65,8 @@ pub(super) fn contrastive_loss(
             let images = images.to_device(device);
             let mut rng = stream(s.seed, Purpose::Augment, i as u64);
             let b = chunk.len();
-            let v1 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
-            let v2 = aug.views(&images, &aug.draw(&mut rng, b, size, size));
+            let v1 = aug.views(&images, &aug.draw(&mut rng, 0, b, (size, size)));
+            let v2 = aug.views(&images, &aug.draw(&mut rng, 1, b, (size, size)));
             let q = normalize(&backbone.net.forward_t(&v1, false));
             let k = normalize(&backbone.net.forward_t(&v2, false));
             let logits = info_nce_logits(&q, &k, &negs.transpose(0, 1), s.temperature);
