@@ -10,15 +10,16 @@
 #
 # BUDGET_MIN (CPU minutes per run, default 15): each recipe is first timed for CAL_STEPS (16) steps
 # in the same conditions (JOBS side by side), and its run gets as many steps as its measured speed
-# fits in the budget (a --crop-from recipe is timed at both ends of its ramp); the cosine schedule runs over those steps. A recipe that names --steps or
-# --epochs keeps them. Results: OUT/NAME/ (the run), OUT/NAME.linear/ (the probe, LINEAR=1),
-# OUT/study.jsonl (one line per run) and a markdown table on stdout; LINEAR_FLAGS adds flags to
-# the probe (e.g. --standardize). kNN: k 200, T 0.1, train →
-# val, at the data's size (96 px for imagenette96); KNN_EVERY=N also measures it every N epochs
-# during the run (the curve in OUT/NAME/metrics.jsonl). The table's first row is the floor: the
-# same kNN and probe on resnet18 at random init, seed FLOOR_SEED (0), measured in the same
-# conditions (FLOOR=0 skips it). A run whose directory already holds a result is not repeated.
-# DATA (the imagenette96 photos; required).
+# fits in the budget (a --crop-from recipe is timed at both ends of its ramp); the cosine schedule
+# runs over those steps. A recipe that names --steps or --epochs keeps them. Results: OUT/NAME/
+# (the run), OUT/NAME.linear/ (the probe, LINEAR=1), OUT/study.jsonl (one line per run) and a
+# markdown table on stdout (CPU minutes: the run's own user + system time, OUT/NAME.cpu);
+# LINEAR_FLAGS adds flags to the probe (e.g. --standardize). kNN: k 200, T 0.1, train → val, at
+# the data's size (96 px for imagenette96); KNN_EVERY=N also measures it every N epochs during the
+# run (the curve in OUT/NAME/metrics.jsonl). The table's first row is the floor: the same kNN and
+# probe on resnet18 at random init, seed FLOOR_SEED (0), measured in the same conditions (FLOOR=0
+# skips it). A run whose directory already holds a result is not repeated. DATA (the imagenette96
+# photos; required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -106,9 +107,13 @@ one() { # "name | flags"
     local monitor="--no-knn"
     [ -z "${KNN_EVERY:-}" ] || monitor="--knn-every $KNN_EVERY"
     local t0; t0=$(date +%s)
+    # The process's own CPU seconds (user, system), one line per segment of a resumed run: what
+    # the run used, however busy the machine was around it.
+    local TIMEFORMAT='%3U %3S'
     # shellcheck disable=SC2086
-    RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$OUT/$name" --threads "$THREADS" \
-      $monitor --quiet --json --resume $steps $flags > "$OUT/$name.stdout" 2> "$OUT/$name.stderr" \
+    { time RAYON_NUM_THREADS="$THREADS" "$BIN" pretrain --data "$DATA" --out "$OUT/$name" \
+      --threads "$THREADS" $monitor --quiet --json --resume $steps $flags \
+      > "$OUT/$name.stdout" 2> "$OUT/$name.stderr"; } 2>> "$OUT/$name.cpu" \
       || { echo "study: $name failed: $(tail -1 "$OUT/$name.stderr")" >&2; return 0; }
     tail -1 "$OUT/$name.stdout" > "$OUT/$name/result.json"
     echo "$(( $(date +%s) - t0 ))" > "$OUT/$name/wall_seconds"
@@ -181,7 +186,11 @@ with open(os.path.join(out, "study.jsonl"), "w") as log:
         cfg = json.load(open(os.path.join(out, name, "config.json")))
         r.update(name=name, flags=flags, batch=cfg["algorithm"]["batch_size"])
         r["images"] = r["steps"] * r["batch"]
-        r["cpu_minutes"] = r["seconds"] * threads / 60
+        cpu = os.path.join(out, name + ".cpu")
+        if os.path.exists(cpu):
+            r["cpu_minutes"] = sum(float(v) for l in open(cpu) for v in l.split()) / 60
+        else:  # runs from before the CPU time was kept
+            r["cpu_minutes"] = r["seconds"] * threads / 60
         r["linear_top1"] = top1(os.path.join(out, name + ".linear", "result.json"))
         r["knn_top1"] = top1(os.path.join(out, name, "knn.json"))
         r.update(floor_knn_top1=floor_knn, floor_linear_top1=floor_linear)
