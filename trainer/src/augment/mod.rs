@@ -1,6 +1,7 @@
-//! MoCo v2's aug+, BYOL's pair of pipelines (and the linear-eval train transform), batched with libtorch on the training
-//! device. Parameters are drawn on the host from a seeded stream (`params`), then one batch of
-//! uint8 images becomes normalized float views in a handful of batched kernels (`ops`).
+//! MoCo v2's aug+, BYOL's pair of pipelines (and the linear-eval train transform), batched with
+//! libtorch on the training device. Parameters are drawn on the host from a seeded stream
+//! (`params`), then one batch of uint8 images becomes normalized float views in a handful of
+//! batched kernels (`ops`).
 
 pub mod batched;
 pub mod blur_cpu;
