@@ -191,18 +191,10 @@ pub fn views(images: &Tensor, params: &[&[ViewParams]], size: u32, cache: &Const
         x
     };
     if u.solarize {
-        solarize(&x, &cols[col::SOLAR])
+        super::ops::solarize_masked(&x, &cols[col::SOLAR])
     } else {
         x
     }
-}
-
-/// RandomSolarize of the views whose column `on` is 1 (the others kept exactly).
-fn solarize(x: &Tensor, on: &Tensor) -> Tensor {
-    let keep = x
-        .lt(f64::from(super::params::SOLARIZE_THRESHOLD))
-        .logical_or(&on.eq(0.0));
-    x.where_self(&keep, &(x.neg() + 1.0))
 }
 
 /// The colour stage alone (jitter in its rounds, then grayscale) of cropped views `x`

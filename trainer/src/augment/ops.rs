@@ -196,7 +196,12 @@ pub fn gaussian_kernel(sigma: f32, taps: usize) -> Vec<f32> {
 /// `F.solarize(img, SOLARIZE_THRESHOLD)` of the images whose `on` is set; the others unchanged.
 pub fn solarize(x: &Tensor, on: &[bool]) -> Tensor {
     let on: Vec<f32> = on.iter().map(|&b| f32::from(u8::from(b))).collect();
-    let on = per_image(&on, x.device(), x.kind());
+    solarize_masked(x, &per_image(&on, x.device(), x.kind()))
+}
+
+/// [`solarize`] with the per-image switch as a `[N,1,1,1]` tensor of 0/1 (the others kept
+/// exactly).
+pub fn solarize_masked(x: &Tensor, on: &Tensor) -> Tensor {
     let keep = x
         .lt(f64::from(super::params::SOLARIZE_THRESHOLD))
         .logical_or(&on.eq(0.0));
