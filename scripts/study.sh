@@ -119,14 +119,22 @@ one() { # "name | flags"
     echo "$(( $(date +%s) - t0 ))" > "$OUT/$name/wall_seconds"
     echo "study: $name done: $(cat "$OUT/$name/result.json")" >&2
   fi
+  probe "$name" --encoder "$OUT/$name/encoder.safetensors"
+}
+# kNN (OUT/NAME/knn.json) and the linear probe (OUT/NAME.linear/) of a run's encoder or of the
+# random init, whichever ENCODER_FLAGS name; each skipped once it has its result.
+probe() { # name encoder-flags...
+  local name=$1; shift
+  mkdir -p "$OUT/$name"
   if [ ! -f "$OUT/$name/knn.json" ]; then
-    RAYON_NUM_THREADS="$THREADS" "$BIN" knn --encoder "$OUT/$name/encoder.safetensors" --data "$DATA" \
+    RAYON_NUM_THREADS="$THREADS" "$BIN" knn "$@" --data "$DATA" \
       --threads "$THREADS" --json 2> "$OUT/$name.knn.stderr" | tail -1 > "$OUT/$name/knn.json.tmp" \
       && mv "$OUT/$name/knn.json.tmp" "$OUT/$name/knn.json" \
       || echo "study: kNN of $name failed: $(tail -1 "$OUT/$name.knn.stderr")" >&2
   fi
   if [ "$LINEAR" = 1 ] && [ ! -f "$OUT/$name.linear/result.json" ]; then
-    RAYON_NUM_THREADS="$THREADS" "$BIN" linear --encoder "$OUT/$name/encoder.safetensors" --data "$DATA" \
+    # shellcheck disable=SC2086
+    RAYON_NUM_THREADS="$THREADS" "$BIN" linear "$@" --data "$DATA" \
       --out "$OUT/$name.linear" --fast --epochs 100 --threads "$THREADS" $LINEAR_FLAGS --json \
       > "$OUT/$name.linear.stdout" 2> "$OUT/$name.linear.stderr" \
       && tail -1 "$OUT/$name.linear.stdout" > "$OUT/$name.linear/result.json" \
@@ -137,30 +145,15 @@ calibrate_line() { # "name | flags": the calibration alone (all recipes are time
   local name flags; name="$(echo "${1%%|*}" | xargs)"; flags="${1#*|}"
   [ -f "$OUT/$name/result.json" ] || echo "$flags" | grep -qE -- '--(steps|epochs)' || calibrate "$name" "$flags"
 }
-export -f one time_step calibrate calibrate_line; export OUT DATA THREADS BIN BUDGET_MIN CAL_STEPS LINEAR LINEAR_FLAGS KNN_EVERY
+export -f one probe time_step calibrate calibrate_line; export OUT DATA THREADS BIN BUDGET_MIN CAL_STEPS LINEAR LINEAR_FLAGS KNN_EVERY
 lines() { grep -v '^\s*#' "$RECIPES" | grep '|' | tr '\n' '\0'; }
 lines | xargs -0 -P "$JOBS" -I{} bash -c 'calibrate_line "$1"' _ {}
 lines | xargs -0 -P "$JOBS" -I{} bash -c 'one "$1"' _ {}
 
 # The random-init floor, measured as the runs are.
-floor() {
-  local dir="$OUT/floor" init=(--random-init --arch resnet18 --seed "$FLOOR_SEED")
-  mkdir -p "$dir"
-  if [ ! -f "$dir/knn.json" ]; then
-    RAYON_NUM_THREADS="$THREADS" "$BIN" knn "${init[@]}" --data "$DATA" --threads "$THREADS" --json \
-      2> "$dir.knn.stderr" | tail -1 > "$dir/knn.json.tmp" && mv "$dir/knn.json.tmp" "$dir/knn.json" \
-      || echo "study: kNN of the floor failed: $(tail -1 "$dir.knn.stderr")" >&2
-  fi
-  if [ "$LINEAR" = 1 ] && [ ! -f "$OUT/floor.linear/result.json" ]; then
-    # shellcheck disable=SC2086
-    RAYON_NUM_THREADS="$THREADS" "$BIN" linear "${init[@]}" --data "$DATA" --out "$OUT/floor.linear" \
-      --fast --epochs 100 --threads "$THREADS" $LINEAR_FLAGS --json > "$OUT/floor.linear.stdout" \
-      2> "$OUT/floor.linear.stderr" \
-      && tail -1 "$OUT/floor.linear.stdout" > "$OUT/floor.linear/result.json" \
-      || echo "study: linear of the floor failed: $(tail -1 "$OUT/floor.linear.stderr")" >&2
-  fi
-}
-[ "$FLOOR" = 1 ] && floor
+if [ "$FLOOR" = 1 ]; then
+  probe floor --random-init --arch resnet18 --seed "$FLOOR_SEED"
+fi
 
 .venv/bin/python3 - "$RECIPES" "$OUT" "$THREADS" <<'PY'
 import json, os, sys

@@ -119,6 +119,10 @@ pub fn jitter_and_grayscale_on(path: IsaPath, x: &mut [f32], n: usize, p: &[View
 /// RandomSolarize of the images drawn for it, in place: values at or above
 /// [`SOLARIZE_THRESHOLD`] become `1 − v` (torchvision's `solarize` for float images).
 pub fn solarize(x: &mut [f32], n: usize, p: &[ViewParams]) {
+    // aug+ never solarizes: its chunks skip the parallel pass altogether.
+    if !p.iter().any(|v| v.solarize) {
+        return;
+    }
     x.par_chunks_mut(3 * n)
         .zip(p)
         .filter(|(_, v)| v.solarize)

@@ -245,8 +245,12 @@ impl AugConfig {
             c.solarize_p = 0.0;
         }
         if let Some(second) = c.second_view.as_mut() {
-            second.blur_p *= f64::from(u8::from(!off.blur));
-            second.solarize_p *= f64::from(u8::from(!off.solarize));
+            if off.blur {
+                second.blur_p = 0.0;
+            }
+            if off.solarize {
+                second.solarize_p = 0.0;
+            }
         }
         if off.flip {
             c.flip_p = 0.0;
