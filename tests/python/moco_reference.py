@@ -7,9 +7,15 @@ momentum BEFORE the key forward, keys from a shuffled batch unshuffled after, In
 
 Usage: moco_reference.py INPUT.safetensors OUTPUT.safetensors
 INPUT holds q/<name> (initial weights of both encoders), queue, im1_<t>, im2_<t>, perm_<t>
-(int64 shuffle permutation; perm2_<t> with the symmetric loss) and metadata
-{arch, steps, momentum, temperature, bn_splits, lr_<t>, weight_decay, sgd_momentum, symmetric,
-head_bn, linear_head (MoCo v1's one-layer projector)}.
+(int64 shuffle permutation; perm2_<t> with the symmetric loss), small_<t>_<i> (multi-crop's
+small views, i < small) and metadata {arch, steps, momentum, temperature, bn_splits, lr_<t>,
+weight_decay, sgd_momentum, symmetric, head_bn, linear_head (MoCo v1's one-layer projector),
+small (0 without multi-crop)}.
+
+Multi-crop as SwAV forwards its small crops: all small views through the query encoder in one
+batch; each is a query against the pair's keys (the key of view 2; with the symmetric loss, of
+both views) and the queue, and the loss is the mean over every (query, key) term times the pair's
+terms, i.e. (pair loss + small terms) / (1 + small).
 OUTPUT: per step t: loss_<t>, grad_<t>/<name> (query encoder gradients), k_<t>/<name> (key
 encoder after the step), queue_<t>, ptr_<t>.
 """
@@ -97,15 +103,26 @@ class MoCo(nn.Module):
         labels = torch.zeros(logits.shape[0], dtype=torch.long)
         return F.cross_entropy(logits, labels), k
 
-    def forward(self, im1, im2, perms):
+    def small_loss(self, q, k):
+        l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", [q, self.queue.clone().detach()])
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
+
+    def forward(self, im1, im2, perms, small=()):
         with torch.no_grad():
             self._momentum_update_key_encoder()
         if self.symmetric:
             l12, k2 = self.contrastive_loss(im1, im2, perms[0])
             l21, k1 = self.contrastive_loss(im2, im1, perms[1])
-            loss, k = l12 + l21, torch.cat([k1, k2], dim=0)
+            loss, k, pos = l12 + l21, torch.cat([k1, k2], dim=0), [k2, k1]
         else:
             loss, k = self.contrastive_loss(im1, im2, perms[0])
+            pos = [k]
+        if small:
+            qs = F.normalize(self.encoder_q(torch.cat(small, dim=0)), dim=1).chunk(len(small))
+            terms = sum(self.small_loss(q, kp) for q in qs for kp in pos)
+            loss = (loss + terms) / (1 + len(small))
         self._dequeue_and_enqueue(k)
         return loss
 
@@ -144,7 +161,8 @@ def main(inp, out):
         perms = [t[f"perm_{s}"]] + ([t[f"perm2_{s}"]] if symmetric else [])
         opt.zero_grad()
         with amp_policy.step():
-            loss = model(t[f"im1_{s}"], t[f"im2_{s}"], perms)
+            small = [t[f"small_{s}_{i}"] for i in range(int(meta.get("small", "0")))]
+            loss = model(t[f"im1_{s}"], t[f"im2_{s}"], perms, small)
         loss.backward()
         res[f"loss_{s}"] = loss.detach().reshape(1)
         for n, p in zip(names, model.encoder_q.parameters()):

@@ -11,7 +11,7 @@ use models_tch::convert::tensor_to_data;
 use tch::{Device, Kind, Tensor};
 use trainer::augment::{AugConfig, Augmenter};
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
-use trainer::methods::{self, Build, Method, StepCtx};
+use trainer::methods::{self, Build, Method, StepCtx, Views};
 use trainer::nn::amp::Autocast;
 use trainer::nn::optim::{Lr, Optimizer, Schedule};
 use trainer::runtime::rng::{stream, Purpose};
@@ -29,6 +29,8 @@ pub const INIT_SEED: i64 = 7;
 pub struct Inputs {
     pub im1: Vec<Tensor>,
     pub im2: Vec<Tensor>,
+    /// Multi-crop's small views of each step (none without them).
+    pub small: Vec<Vec<Tensor>>,
     pub lrs: Vec<f64>,
     pub batch: usize,
     /// The run's length, which the momentum schedules run over (also for a shortened copy).
@@ -42,6 +44,7 @@ impl Inputs {
         Inputs {
             im1: take(&self.im1),
             im2: take(&self.im2),
+            small: self.small.iter().take(steps).map(|v| take(v)).collect(),
             lrs: self.lrs.iter().take(steps).copied().collect(),
             batch: self.batch,
             total_steps: self.total_steps,
@@ -51,7 +54,12 @@ impl Inputs {
 
 /// Real aug+ views (`size` pixels) of generated 96×96 texture images, and a warmup + cosine lr.
 pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
-    let aug = Augmenter::new(AugConfig::mocov2(size), &Default::default(), Device::Cpu);
+    inputs_of(AugConfig::mocov2(size), steps, batch, base_lr)
+}
+
+/// [`inputs`] with the views of `aug` (its small views too).
+pub fn inputs_of(aug: AugConfig, steps: usize, batch: usize, base_lr: f64) -> Inputs {
+    let aug = Augmenter::new(aug, &Default::default(), Device::Cpu);
     let schedule = Schedule {
         base_lr,
         batch_size: 256,
@@ -62,6 +70,7 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
     let mut out = Inputs {
         im1: vec![],
         im2: vec![],
+        small: vec![],
         lrs: vec![],
         batch,
         total_steps: steps,
@@ -77,8 +86,10 @@ pub fn inputs(steps: usize, batch: usize, size: u32, base_lr: f64) -> Inputs {
         let mut rng = stream(DRAW_SEED, Purpose::Augment, s as u64);
         let p1 = aug.draw(&mut rng, 0, batch, (96, 96));
         let p2 = aug.draw(&mut rng, 1, batch, (96, 96));
+        let small = aug.draw_small(&mut rng, batch, (96, 96));
         out.im1.push(aug.views(&images, &p1));
         out.im2.push(aug.views(&images, &p2));
+        out.small.push(aug.small_views_of(&images, &small));
         out.lrs.push(schedule.lr(s as u64));
     }
     out
@@ -198,7 +209,13 @@ fn run_rust_with(
             autocast,
             kind,
         };
-        let views = (&inp.im1[s].to_kind(kind), &inp.im2[s].to_kind(kind));
+        let views = Views {
+            v1: inp.im1[s].shallow_clone(),
+            v2: inp.im2[s].shallow_clone(),
+            small: inp.small[s].iter().map(Tensor::shallow_clone).collect(),
+        }
+        .to_kind(kind);
+        let views = &views;
         let out = match capturable.as_deref_mut() {
             Some(g) => g.step(method, st, views, &ctx, inp.lrs[s]),
             None => train_step(method, st, views, &ctx, Lr::Value(inp.lrs[s]), false),
@@ -242,11 +259,16 @@ pub fn inputs_map(method: &dyn Method, inp: &Inputs, meta: &[(&str, String)]) ->
     for s in 0..inp.im1.len() {
         map.insert(format!("im1_{s}"), tensor_to_data(&inp.im1[s]));
         map.insert(format!("im2_{s}"), tensor_to_data(&inp.im2[s]));
+        for (i, v) in inp.small[s].iter().enumerate() {
+            map.insert(format!("small_{s}_{i}"), tensor_to_data(v));
+        }
         map.metadata
             .insert(format!("lr_{s}"), format!("{:e}", inp.lrs[s]));
     }
     map.metadata
         .insert("steps".into(), inp.im1.len().to_string());
+    let small = inp.small.first().map_or(0, Vec::len);
+    map.metadata.insert("small".into(), small.to_string());
     for (k, v) in meta {
         map.metadata.insert(k.to_string(), v.clone());
     }

@@ -6,9 +6,10 @@
 
 use moco_tests::compare::summarize;
 use moco_tests::steps::{
-    build, compare, inputs, narrow_config, run_rust, run_rust_capturable, RNG_LOCK,
+    build, compare, inputs_of, narrow_config, run_rust, run_rust_capturable, RNG_LOCK,
 };
 use tch::Kind;
+use trainer::augment::{AugConfig, SmallViews};
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
 use trainer::runtime::faults::plant;
 
@@ -33,9 +34,13 @@ fn config(name: &str) -> (MethodConfig, OptimConfig, i64) {
 }
 
 fn capturable_matches_plain(name: &str) {
+    capturable_matches_plain_on(name, AugConfig::mocov2(SIZE))
+}
+
+fn capturable_matches_plain_on(name: &str, aug: AugConfig) {
     let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (cfg, optim, splits) = config(name);
-    let inp = inputs(STEPS, BATCH, SIZE, optim.lr);
+    let inp = inputs_of(aug, STEPS, BATCH, optim.lr);
     let plain = run_rust(
         build(&cfg, splits, BATCH, Kind::Double).as_mut(),
         &optim,
@@ -68,6 +73,23 @@ fn capturable_matches_plain(name: &str) {
 #[test]
 fn mocov2_capturable_step_matches_the_plain_step() {
     capturable_matches_plain("mocov2");
+}
+
+/// Multi-crop's small views are inputs of the captured step too.
+#[test]
+fn mocov2_multi_crop_capturable_step_matches_the_plain_step() {
+    let small = SmallViews {
+        count: 2,
+        size: 32,
+        scale: SmallViews::SCALE,
+    };
+    capturable_matches_plain_on(
+        "mocov2",
+        AugConfig {
+            small: Some(small),
+            ..AugConfig::mocov2(SIZE)
+        },
+    )
 }
 
 #[test]

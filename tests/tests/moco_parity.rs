@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use moco_tests::compare::{summarize, Check};
 use moco_tests::python::run_script;
 use moco_tests::steps::{
-    assert_amp_parity, build, compare, inputs, inputs_map, ints, read_reference, run_rust,
-    run_rust_under, Inputs, AMP_MODE, CPU_BF16, DRAW_SEED, RNG_LOCK,
+    assert_amp_parity, build, compare, inputs, inputs_map, inputs_of, ints, read_reference,
+    run_rust, run_rust_under, Inputs, AMP_MODE, CPU_BF16, DRAW_SEED, RNG_LOCK,
 };
 use models::Arch;
 use tch::{Kind, Tensor};
+use trainer::augment::{AugConfig, SmallViews};
 use trainer::config::{MethodConfig, OptimConfig, Recipe};
 use trainer::methods::moco::{self, shuffle_permutations};
 use trainer::nn::optim::OptimizerKind;
@@ -131,6 +132,17 @@ fn plain_faults() -> Faults {
 /// Runs the reference in `kind` precision and compares the first `steps` steps; with `mutants`,
 /// also shows that each planted fault breaks the agreement.
 fn parity_of(cfg: MethodConfig, kind: Kind, steps: usize, mutants: Option<Faults>) {
+    parity_with_views(cfg, AugConfig::mocov2(SIZE), kind, steps, mutants)
+}
+
+/// [`parity_of`] on the views of `aug` (multi-crop's small views with it).
+fn parity_with_views(
+    cfg: MethodConfig,
+    aug: AugConfig,
+    kind: Kind,
+    steps: usize,
+    mutants: Option<Faults>,
+) {
     let symmetric = cfg.symmetric;
     let head_bn = cfg.projector.hidden_norm;
     let _turn = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +151,7 @@ fn parity_of(cfg: MethodConfig, kind: Kind, steps: usize, mutants: Option<Faults
         dir.path().join("in.safetensors"),
         dir.path().join("out.safetensors"),
     );
-    let inp = inputs(STEPS, BATCH, SIZE, 0.03);
+    let inp = inputs_of(aug, STEPS, BATCH, 0.03);
     write_inputs(&inp_path, &cfg, &inp, dtype_name(kind, false));
     run_script(
         "moco_reference.py",
@@ -218,6 +230,33 @@ fn head_bn_moco_steps_match_pytorch_in_f64_and_catch_an_unsplit_head_bn() {
 #[test]
 fn symmetric_moco_steps_match_pytorch_in_f64() {
     parity(true, Kind::Double, STEPS, false);
+}
+
+/// Multi-crop: two small views of 32 px beside the pair, queries against both of the symmetric
+/// loss's keys, through the query encoder in one forward (its shuffle-BN groups over both). The
+/// small views matched against one key only is caught.
+#[test]
+fn multi_crop_moco_steps_match_pytorch_in_f64_and_catch_a_missing_key() {
+    let aug = AugConfig {
+        small: Some(SmallViews {
+            count: 2,
+            size: 32,
+            scale: SmallViews::SCALE,
+        }),
+        ..AugConfig::mocov2(SIZE)
+    };
+    let faults = vec![(
+        "small views against view 2's key only",
+        Some(moco::SMALL_ONE_KEY),
+        0.2,
+    )];
+    parity_with_views(
+        config("mocov2", true, false),
+        aug,
+        Kind::Double,
+        STEPS,
+        Some(faults),
+    );
 }
 
 /// MoCo v1: torchvision's own `fc` (one linear layer) as the projector, T 0.07, m 0.999 — the

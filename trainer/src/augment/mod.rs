@@ -1,5 +1,5 @@
-//! MoCo v2's aug+, BYOL's pair of pipelines (and the linear-eval train transform), batched with
-//! libtorch on the training device. Parameters are drawn on the host from a seeded stream
+//! MoCo v2's aug+, BYOL's pair of pipelines, multi-crop's small views (and the linear-eval train
+//! transform), batched with libtorch on the training device. Parameters are drawn on the host from a seeded stream
 //! (`params`), then one batch of uint8 images becomes normalized float views in a handful of
 //! batched kernels (`ops`).
 
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use models::Preprocess;
-pub use params::{AugConfig, CropBox, Jitter, ViewParams};
+pub use params::{AugConfig, CropBox, Jitter, SmallViews, ViewParams};
 
 /// Images per pass on the CPU: 16 views of 96×96 are 1.7 MB of floats, within L2/L3.
 pub const CPU_CHUNK: usize = 16;
@@ -58,6 +58,48 @@ impl Augmenter {
         let cfg = self.cfg.view(view);
         (0..n)
             .map(|_| params::draw_view(rng, &cfg, height, width))
+            .collect()
+    }
+
+    /// Parameters of the small views (multi-crop) of `n` images: one list per small view, drawn
+    /// view after view; none without small views.
+    pub fn draw_small(
+        &self,
+        rng: &mut impl Rng,
+        n: usize,
+        (height, width): (u32, u32),
+    ) -> Vec<Vec<ViewParams>> {
+        let Some(cfg) = self.cfg.small_view() else {
+            return Vec::new();
+        };
+        let count = self.cfg.small.map_or(0, |s| s.count);
+        (0..count)
+            .map(|_| {
+                (0..n)
+                    .map(|_| params::draw_view(rng, &cfg, height, width))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The network's inputs of the small views of `params` (from [`Augmenter::draw_small`]), at
+    /// their own side; none without small views.
+    pub fn small_views_of(&self, images: &Tensor, params: &[Vec<ViewParams>]) -> Vec<Tensor> {
+        let Some(small) = self.cfg.small.filter(|_| !params.is_empty()) else {
+            return Vec::new();
+        };
+        let lists: Vec<&[ViewParams]> = params.iter().map(Vec::as_slice).collect();
+        self.views_of(images, &lists, small.size)
+    }
+
+    /// The small views of `params` in [0,1] (what a preview shows); none without small views.
+    pub fn small_views_01(&self, images: &Tensor, params: &[Vec<ViewParams>]) -> Vec<Tensor> {
+        let Some(small) = self.cfg.small else {
+            return Vec::new();
+        };
+        params
+            .iter()
+            .map(|p| self.chunked(images, p, false, small.size))
             .collect()
     }
 

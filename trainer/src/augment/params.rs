@@ -99,6 +99,25 @@ pub struct AugConfig {
     /// BYOL's asymmetric pair of pipelines, which MoCo v3 adopts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_view: Option<ViewProbs>,
+    /// Multi-crop: small views of each image beside the pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small: Option<SmallViews>,
+}
+
+/// SwAV's multi-crop: `count` views of `size` pixels cut from a small part of the image
+/// (`scale`), drawn like the first view otherwise. A 32 px view is a quarter of a 64 px one's
+/// arithmetic (on a CPU it runs less efficiently than that), and they are extra queries only:
+/// the methods that take them never embed them with a target network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SmallViews {
+    pub count: usize,
+    pub size: u32,
+    pub scale: (f64, f64),
+}
+
+impl SmallViews {
+    /// SwAV's small crops: area (0.05, 0.14) of the image.
+    pub const SCALE: (f64, f64) = (0.05, 0.14);
 }
 
 /// The probabilities BYOL draws differently for its two views.
@@ -131,6 +150,7 @@ impl AugConfig {
             solarize_p: 0.0,
             flip_p: 0.5,
             second_view: None,
+            small: None,
         }
     }
 
@@ -166,6 +186,19 @@ impl AugConfig {
         }
     }
 
+    /// The pipeline of the small views: the first view's, cut from `small.scale` of the image
+    /// at `small.size` pixels.
+    pub fn small_view(&self) -> Option<AugConfig> {
+        let s = self.small?;
+        Some(AugConfig {
+            size: s.size,
+            size_from: None,
+            scale: s.scale,
+            small: None,
+            ..self.view(0)
+        })
+    }
+
     /// Views big enough for a ResNet (`--crop`, `--crop-from`).
     pub fn check(&self) -> anyhow::Result<()> {
         let small = |flag: &str, side: u32| {
@@ -174,8 +207,18 @@ impl AugConfig {
         if self.size < MIN_VIEW {
             return Err(small("--crop", self.size));
         }
-        match self.size_from {
-            Some(from) if from < MIN_VIEW => Err(small("--crop-from", from)),
+        if let Some(from) = self.size_from.filter(|&f| f < MIN_VIEW) {
+            return Err(small("--crop-from", from));
+        }
+        match self.small {
+            Some(s) if s.count > 0 && s.size < MIN_VIEW => Err(small("--small-size", s.size)),
+            Some(s) if !(0.0 < s.scale.0 && s.scale.0 <= s.scale.1 && s.scale.1 <= 1.0) => {
+                Err(anyhow::anyhow!(
+                    "--small-scale {},{}: need 0 < min <= max <= 1",
+                    s.scale.0,
+                    s.scale.1
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -378,6 +421,45 @@ mod tests {
         let plain = cfg.without(off).view(1);
         assert_eq!((plain.blur_p, plain.solarize_p), (0.0, 0.0));
         assert_eq!(AugConfig::mocov2(64).view(1), AugConfig::mocov2(64));
+    }
+
+    #[test]
+    fn small_views_are_the_first_views_pipeline_at_their_own_size_and_scale() {
+        let small = SmallViews {
+            count: 4,
+            size: 32,
+            scale: SmallViews::SCALE,
+        };
+        let cfg = AugConfig {
+            size_from: Some(40),
+            small: Some(small),
+            ..AugConfig::byol(64)
+        };
+        let v = cfg.small_view().unwrap();
+        assert_eq!(
+            (v.size, v.size_from, v.scale, v.small),
+            (32, None, (0.05, 0.14), None)
+        );
+        assert_eq!((v.blur_p, v.solarize_p), (1.0, 0.0));
+        assert!(AugConfig::mocov2(64).small_view().is_none());
+        assert!(cfg.check().is_ok());
+        let too_small = |s: SmallViews| AugConfig {
+            small: Some(s),
+            ..AugConfig::mocov2(64)
+        };
+        let err = too_small(SmallViews { size: 24, ..small })
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains("--small-size 24"), "{err}");
+        let err = too_small(SmallViews {
+            scale: (0.2, 0.1),
+            ..small
+        });
+        assert!(err
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("--small-scale"));
     }
 
     #[test]

@@ -220,6 +220,10 @@ impl PretrainArgs {
         let splits = crate::data::parse_splits(&self.splits)
             .map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
         let m = &self.method;
+        let augmentation = self.aug.apply((entry.augmentation)(crop));
+        if augmentation.small.is_some() && !entry.small_views {
+            anyhow::bail!("--small-crops: {m} takes no small views (multi-crop is MoCo v1/v2's)");
+        }
         Ok(PretrainConfig {
             data: self.io.source(),
             splits,
@@ -239,7 +243,7 @@ impl PretrainArgs {
                 Some(s) => Length::Steps(s),
                 None => Length::Epochs(self.epochs),
             },
-            augmentation: self.aug.apply((entry.augmentation)(crop)),
+            augmentation,
             amp: self.amp,
             seed: self.seed,
             float64: self.float64,
@@ -297,6 +301,12 @@ mod tests {
         Cli::parse_from(argv).a.to_config().unwrap()
     }
 
+    /// The error of a command line `to_config` refuses.
+    fn refused(args: &[&str]) -> anyhow::Error {
+        let argv = [&["x", "--data", "d", "--out", "o"], args].concat();
+        Cli::parse_from(argv).a.to_config().unwrap_err()
+    }
+
     #[test]
     fn small_data_fills_the_unset_flags_and_keeps_the_given_ones() {
         let a = config(&[
@@ -343,35 +353,20 @@ mod tests {
             v3.method.momentum_schedule,
             crate::nn::optim::MomentumSchedule::Cosine
         );
-        let err = Cli::parse_from([
-            "x",
-            "--data",
-            "d",
-            "--out",
-            "o",
-            "--method",
-            "simclr",
-            "--queue-size",
-            "64",
-        ])
-        .a
-        .to_config()
-        .unwrap_err();
+        let err = refused(&["--method", "simclr", "--queue-size", "64"]);
         assert!(err.to_string().contains("--queue-size"), "{err}");
-        let err = Cli::parse_from([
-            "x",
-            "--data",
-            "d",
-            "--out",
-            "o",
-            "--method",
-            "simclr",
-            "--preset",
-            "small-data",
-        ])
-        .a
-        .to_config()
-        .unwrap_err();
+        let err = refused(&["--method", "simclr", "--preset", "small-data"]);
         assert!(err.to_string().contains("--preset"), "{err}");
+    }
+
+    #[test]
+    fn small_crops_are_moco_v1_and_v2s() {
+        let a = config(&["--small-crops", "4", "--small-scale", "0.05,0.2"]);
+        let small = a.augmentation.small.expect("small views");
+        assert_eq!((small.count, small.size, small.scale), (4, 32, (0.05, 0.2)));
+        assert!(a.validate(1).is_ok());
+        assert!(config(&[]).augmentation.small.is_none());
+        let err = refused(&["--method", "byol", "--small-crops", "2"]);
+        assert!(err.to_string().contains("--small-crops: byol"), "{err}");
     }
 }

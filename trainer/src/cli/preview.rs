@@ -16,7 +16,7 @@ pub struct PreviewArgs {
     pub split: Split,
     #[arg(long)]
     pub format: Option<Format>,
-    /// Output PNG: one row per image — original, view 1, view 2.
+    /// Output PNG: one row per image — original, view 1, view 2 (then the small views).
     #[arg(long)]
     pub out: PathBuf,
     /// Number of images (rows).

@@ -41,6 +41,7 @@ pub const BYOL: Entry = Entry {
             staged_tau: StagedScalar::default(),
         }))
     },
+    small_views: false,
 };
 
 /// BYOL's recipe: LARS, lr 0.2 (× batch/256), wd 1.5e-6, τ 0.996, MLPs 4096 wide with 256-d

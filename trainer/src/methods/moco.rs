@@ -2,7 +2,8 @@
 //! key encoder that follows it by momentum, and a queue of past keys as negatives — the official
 //! `moco/builder.py`, with the single-device shuffle BN of MoCo's demo (`SplitBatchNorm` and a
 //! shuffled key batch). v1 and v2 are one algorithm in two configurations: v1 projects with one
-//! linear layer at T 0.07 without blur; v2 with a two-layer MLP at T 0.2 with aug+.
+//! linear layer at T 0.07 without blur; v2 with a two-layer MLP at T 0.2 with aug+. Either takes
+//! multi-crop's small views (`--small-crops`) as extra queries.
 
 use std::rc::Rc;
 
@@ -11,7 +12,7 @@ use models::{Arch, MlpShape, ResNetDesc, MOCO_DIM};
 use tch::{Device, Kind, Tensor};
 
 use super::parts::{named, Online, Target};
-use super::{Build, Entry, Loss, Method, StepCtx};
+use super::{Build, Entry, Loss, Method, StepCtx, Views};
 use crate::augment::AugConfig;
 use crate::config::{MethodConfig, Recipe};
 use crate::runtime::counters::upload_async;
@@ -25,6 +26,8 @@ use crate::runtime::rng::{permutation, stream, Purpose};
 pub const MOMENTUM_AFTER_KEYS: Fault = "moco momentum after keys";
 /// Planted fault: keys left in shuffled order.
 pub const NO_UNSHUFFLE: Fault = "moco keys not unshuffled";
+/// Planted fault: with the symmetric loss, the small views against view 2's key only.
+pub const SMALL_ONE_KEY: Fault = "moco small views against one key";
 /// Planted fault: the projector's BatchNorm over the whole batch instead of the shuffle-BN groups.
 pub const HEAD_BN_WHOLE_BATCH: Fault = "moco head bn whole batch";
 
@@ -35,6 +38,7 @@ pub const MOCOV2: Entry = Entry {
     augmentation: AugConfig::mocov2,
     config: |r, arch| moco_config(r, arch, false),
     build,
+    small_views: true,
 };
 
 pub const MOCOV1: Entry = Entry {
@@ -44,6 +48,7 @@ pub const MOCOV1: Entry = Entry {
     augmentation: v1_augmentation,
     config: |r, arch| moco_config(r, arch, true),
     build,
+    small_views: true,
 };
 
 /// The project's MoCo v2 defaults (the official recipe at 8 GPUs: 8 shuffle-BN groups).
@@ -222,15 +227,36 @@ impl Moco {
         })
     }
 
-    /// The loss of queries `im_q` against keys of `im_k`, the whole batch's keys, the queries.
-    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &Tensor) -> Result<[Tensor; 3]> {
+    /// The loss of queries `im_q` against keys of `im_k`, this rank's keys, the whole batch's
+    /// keys, the queries.
+    fn contrastive(&self, im_q: &Tensor, im_k: &Tensor, perm: &Tensor) -> Result<[Tensor; 4]> {
         let q = self.embed_q(im_q);
         let (k, keys) = self.keys(im_k, perm)?;
         if planted(MOMENTUM_AFTER_KEYS) {
             self.k.update(self.cfg.momentum)?;
         }
         let loss = info_nce(&q, &k, &self.queue, self.cfg.temperature);
-        Ok([loss, keys, q.detach()])
+        Ok([loss, k, keys, q.detach()])
+    }
+
+    /// Multi-crop's terms: each small view's queries against each of `keys` (this rank's keys
+    /// of the pair's views), summed. The small views go through the query encoder in one
+    /// forward, as SwAV's crops of one resolution do (a 32 px view alone is too small a batch
+    /// to keep the CPU busy), so its BatchNorm normalises them together.
+    fn small_terms(&self, small: &[Tensor], keys: &[&Tensor]) -> Option<Tensor> {
+        if small.is_empty() {
+            return None;
+        }
+        let keys = if planted(SMALL_ONE_KEY) { &keys[..1] } else { keys };
+        let q = self.embed_q(&Tensor::cat(small, 0));
+        q.chunk(small.len() as i64, 0)
+            .iter()
+            .flat_map(|q| {
+                keys.iter()
+                    .map(|k| info_nce(q, k, &self.queue, self.cfg.temperature))
+                    .collect::<Vec<_>>()
+            })
+            .reduce(|a, b| a + b)
     }
 
     /// Mean cosine similarity of `queries` to the newest and to the oldest `block` keys in the
@@ -310,24 +336,39 @@ pub fn shuffle_permutations(seed: u64, step: u64, batch: usize, symmetric: bool)
 }
 
 impl Method for Moco {
-    /// The momentum update comes first, as in the official code: the key encoder follows the
-    /// query encoder as it was after the previous optimizer step.
     fn loss(&mut self, im1: &Tensor, im2: &Tensor, ctx: &StepCtx) -> Result<Loss> {
+        let views = Views::pair(im1.shallow_clone(), im2.shallow_clone());
+        self.loss_of(&views, ctx)
+    }
+
+    /// The momentum update comes first, as in the official code: the key encoder follows the
+    /// query encoder as it was after the previous optimizer step. Small views (multi-crop) are
+    /// queries against the pair's keys (the key of view 2; with the symmetric loss, of both
+    /// views) and the queue; the loss is the mean over every query's terms times the pair's
+    /// terms (1, or 2 symmetric), so that without small views it is the pair's loss unchanged.
+    fn loss_of(&mut self, views: &Views, ctx: &StepCtx) -> Result<Loss> {
+        let (im1, im2) = (&views.v1, &views.v2);
         let perms = self.perms_on_device(ctx, self.global_batch(im1), im1.device());
         if !planted(MOMENTUM_AFTER_KEYS) {
             self.k.update(self.cfg.momentum)?;
         }
-        let (loss, keys, queries) = if self.cfg.symmetric {
-            let [la, ka, qa] = self.contrastive(im1, im2, &perms[0])?;
-            let [lb, kb, qb] = self.contrastive(im2, im1, &perms[1])?;
+        let (pair, own_keys, keys, queries) = if self.cfg.symmetric {
+            let [la, ka, all_a, qa] = self.contrastive(im1, im2, &perms[0])?;
+            let [lb, kb, all_b, qb] = self.contrastive(im2, im1, &perms[1])?;
             (
                 la + lb,
-                Tensor::cat(&[kb, ka], 0),
+                vec![ka, kb],
+                Tensor::cat(&[all_b, all_a], 0),
                 Tensor::cat(&[qa, qb], 0),
             )
         } else {
-            let [l, k, q] = self.contrastive(im1, im2, &perms[0])?;
-            (l, k, q)
+            let [l, k, all, q] = self.contrastive(im1, im2, &perms[0])?;
+            (l, vec![k], all, q)
+        };
+        let own_keys: Vec<&Tensor> = own_keys.iter().collect();
+        let loss = match self.small_terms(&views.small, &own_keys) {
+            Some(small) => (pair + small) / (1 + views.small.len()) as f64,
+            None => pair,
         };
         self.pending = Some((keys, queries));
         Ok(Loss::local_mean(loss))

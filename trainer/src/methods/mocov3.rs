@@ -44,6 +44,7 @@ pub const MOCOV3: Entry = Entry {
             staged_m: StagedScalar::default(),
         }))
     },
+    small_views: false,
 };
 
 /// `main_moco.py`'s ResNet-50 recipe: LARS, lr 0.6 (× batch/256), wd 1e-6, T 1.0, m 0.99 with

@@ -45,6 +45,8 @@ pub struct Entry {
     pub config: fn(&Recipe, Arch) -> Result<MethodConfig>,
     /// Its networks, initialised from libtorch's global RNG (`tch::manual_seed` decides).
     pub build: fn(&MethodConfig, &Build) -> Result<Box<dyn Method>>,
+    /// Whether it takes multi-crop's small views (`--small-crops`).
+    pub small_views: bool,
 }
 
 /// What building a method needs besides its own configuration.
@@ -120,10 +122,46 @@ impl Loss {
     }
 }
 
+/// A step's views on this rank: the pair every method takes, and multi-crop's small views (none
+/// unless the augmentation asks for them).
+pub struct Views {
+    pub v1: Tensor,
+    pub v2: Tensor,
+    pub small: Vec<Tensor>,
+}
+
+impl Views {
+    pub fn pair(v1: Tensor, v2: Tensor) -> Views {
+        Views {
+            v1,
+            v2,
+            small: Vec::new(),
+        }
+    }
+
+    /// Every view in `kind`.
+    pub fn to_kind(&self, kind: tch::Kind) -> Views {
+        Views {
+            v1: self.v1.to_kind(kind),
+            v2: self.v2.to_kind(kind),
+            small: self.small.iter().map(|v| v.to_kind(kind)).collect(),
+        }
+    }
+}
+
 /// A self-supervised method's side of a training step.
 pub trait Method {
     /// This step's loss on this rank's two batches of views.
     fn loss(&mut self, v1: &Tensor, v2: &Tensor, ctx: &StepCtx) -> Result<Loss>;
+
+    /// This step's loss on all of this rank's views: the pair's, for a method without small
+    /// views ([`Entry::small_views`]).
+    fn loss_of(&mut self, views: &Views, ctx: &StepCtx) -> Result<Loss> {
+        if !views.small.is_empty() {
+            bail!("--small-crops: this method takes no small views");
+        }
+        self.loss(&views.v1, &views.v2, ctx)
+    }
 
     /// After the optimizer step (queue, target network). With `log`, the method's own metrics
     /// for this step's log line.

@@ -37,6 +37,7 @@ pub const SIMCLR: Entry = Entry {
             dist: None,
         }))
     },
+    small_views: false,
 };
 
 /// SimCLR's recipe: LARS, lr 0.3 (× batch/256), wd 1e-6, T 0.1, BatchNorm over the batch.

@@ -1,4 +1,5 @@
-//! `moco-train preview-augment`: originals beside their two aug+ views.
+//! `moco-train preview-augment`: originals beside their views (the pair, and multi-crop's small
+//! views).
 
 use std::path::PathBuf;
 
@@ -17,7 +18,7 @@ pub struct PreviewConfig {
     pub data: DataSource,
     /// The split to take images from.
     pub split: Split,
-    /// Output PNG: one row per image — original, view 1, view 2.
+    /// Output PNG: one row per image — original, view 1, view 2 (then the small views).
     pub out: PathBuf,
     /// Number of images (rows).
     pub n: usize,
@@ -41,18 +42,25 @@ pub fn to_rgb(t: &Tensor) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, v).expect("image size")
 }
 
-/// Each uint8 `[N,3,S,S]` image beside two of its views, drawn from `seed`'s preview stream:
-/// 3·N tiles, row by row.
+/// Tiles per row of [`view_tiles`]: the original, the pair, the small views.
+pub fn tile_columns(aug: &AugConfig) -> usize {
+    3 + aug.small.map_or(0, |s| s.count)
+}
+
+/// Each uint8 `[N,3,S,S]` image beside its two views and its small views (multi-crop), drawn
+/// from `seed`'s preview stream: [`tile_columns`]·N tiles, row by row.
 pub fn view_tiles(images: &Tensor, aug: &AugConfig, seed: u64, size: u32) -> Vec<RgbImage> {
     let n = images.size()[0] as usize;
     let augmenter = Augmenter::new(aug.clone(), &Preprocess::default(), Device::Cpu);
     let mut rng = stream(seed, Purpose::Preview, 0);
     let v1 = augmenter.views_01(images, &augmenter.draw(&mut rng, 0, n, (size, size)));
     let v2 = augmenter.views_01(images, &augmenter.draw(&mut rng, 1, n, (size, size)));
-    let originals = images.to_kind(Kind::Float) / 255.0;
+    let mut columns = vec![images.to_kind(Kind::Float) / 255.0, v1, v2];
+    let small = augmenter.draw_small(&mut rng, n, (size, size));
+    columns.extend(augmenter.small_views_01(images, &small));
     let mut tiles = Vec::new();
     for i in 0..n as i64 {
-        for t in [&originals, &v1, &v2] {
+        for t in &columns {
             tiles.push(to_rgb(&t.get(i)));
         }
     }
@@ -68,9 +76,9 @@ pub fn run(a: &PreviewConfig) -> Result<serde_json::Value> {
     // Spread the rows over the split so several classes show.
     let idx: Vec<usize> = (0..n).map(|i| i * split.n / n).collect();
     let tiles = view_tiles(&split.batch(&idx), &a.aug, a.seed, a.data.size);
-    crate::observe::plot::grid(&tiles, 3, &a.out)?;
+    crate::observe::plot::grid(&tiles, tile_columns(&a.aug), &a.out)?;
     eprintln!(
-        "preview-augment: {n} images and their two views → {}",
+        "preview-augment: {n} images and their views → {}",
         a.out.display()
     );
     Ok(serde_json::json!({"out": a.out.display().to_string(), "images": n}))

@@ -58,9 +58,9 @@ pub fn run(a: &BenchDataConfig) -> Result<Value> {
             t0 = Instant::now(); // batch 0 warms up allocators and the page cache
         }
         let images = batches.images_of(b).to_device(device);
-        let (v1, v2) = views.views(&images, b)?;
+        let v = views.views(&images, b)?;
         if device != Device::Cpu {
-            let _ = (v1.sum(Kind::Float) + v2.sum(Kind::Float)).double_value(&[]);
+            let _ = (v.v1.sum(Kind::Float) + v.v2.sum(Kind::Float)).double_value(&[]);
         }
     }
     let secs = t0.elapsed().as_secs_f64();

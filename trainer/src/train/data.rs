@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::{AugConfig, Augmenter};
 use crate::data::ImageBank;
+use crate::methods::Views;
 use crate::runtime::dist::share;
 use crate::runtime::rng::{permutation, stream, Purpose};
 
@@ -181,28 +182,38 @@ impl ViewMaker {
         self.aug.use_batched_path();
     }
 
-    /// Views 1 and 2 of this rank's `images` (on the device) at `step`. Every rank draws the
-    /// whole batch's parameters and keeps its share: any world size sees the same views.
-    pub fn views(&self, images: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
+    /// Views 1 and 2 of this rank's `images` (on the device) at `step`, and the small views
+    /// (multi-crop) when the augmentation has them. Every rank draws the whole batch's
+    /// parameters and keeps its share: any world size sees the same views.
+    pub fn views(&self, images: &Tensor, step: u64) -> Result<Views> {
         let mut rng = stream(self.seed, Purpose::Augment, step);
         let (s, r, w) = (self.size, self.share.rank, self.share.world);
         let p1 = share(&self.aug.draw(&mut rng, 0, self.batch, (s, s)), r, w);
         let p2 = share(&self.aug.draw(&mut rng, 1, self.batch, (s, s)), r, w);
-        let in_kind = |v: Tensor| match self.kind {
-            Kind::Float => v,
-            k => v.to_kind(k),
-        };
-        let side = self.aug.cfg.size_at(step, self.total_steps);
-        let mut views = self
+        let small: Vec<Vec<_>> = self
             .aug
-            .views_of(images, &[&p1, &p2], side)
-            .into_iter()
-            .map(in_kind);
-        let (mut v1, mut v2) = (views.next().expect("two"), views.next().expect("two"));
-        if self.channels_last {
-            crate::nn::amp::make_channels_last(&mut v1)?;
-            crate::nn::amp::make_channels_last(&mut v2)?;
-        }
-        Ok((v1, v2))
+            .draw_small(&mut rng, self.batch, (s, s))
+            .iter()
+            .map(|p| share(p, r, w))
+            .collect();
+        let side = self.aug.cfg.size_at(step, self.total_steps);
+        let mut pair = self.aug.views_of(images, &[&p1, &p2], side).into_iter();
+        let (v1, v2) = (pair.next().expect("two"), pair.next().expect("two"));
+        let small = self.aug.small_views_of(images, &small);
+        let prepared = |v: Tensor| -> Result<Tensor> {
+            let mut v = match self.kind {
+                Kind::Float => v,
+                k => v.to_kind(k),
+            };
+            if self.channels_last {
+                crate::nn::amp::make_channels_last(&mut v)?;
+            }
+            Ok(v)
+        };
+        Ok(Views {
+            v1: prepared(v1)?,
+            v2: prepared(v2)?,
+            small: small.into_iter().map(prepared).collect::<Result<_>>()?,
+        })
     }
 }

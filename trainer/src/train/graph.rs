@@ -9,7 +9,7 @@ use anyhow::Result;
 use tch::{Device, Tensor};
 
 use super::step::{train_step, StepOut, StepState};
-use crate::methods::{Method, StepCtx};
+use crate::methods::{Method, StepCtx, Views};
 use crate::nn::optim::Lr;
 use crate::runtime::cuda_graph::CudaGraph;
 use crate::runtime::faults::{planted, Fault};
@@ -23,7 +23,7 @@ pub const WARMUP_STEPS: u64 = 3;
 
 /// The fixed tensors a captured step reads and writes.
 struct Io {
-    views: (Tensor, Tensor),
+    views: Views,
     lr: Tensor,
     loss: Option<Tensor>,
 }
@@ -64,7 +64,7 @@ impl GraphStep {
         &mut self,
         method: &mut dyn Method,
         st: StepState,
-        views: (&Tensor, &Tensor),
+        views: &Views,
         ctx: &StepCtx,
         lr: f64,
     ) -> Result<StepOut> {
@@ -77,7 +77,7 @@ impl GraphStep {
             io,
         } = self;
         let io = set_inputs(io, views, lr);
-        let inputs = (&io.views.0, &io.views.1);
+        let inputs = &io.views;
         let graph = match graph {
             Some(g) if *warmup_left == 0 => g,
             _ => {
@@ -102,18 +102,25 @@ impl GraphStep {
 }
 
 /// The fixed inputs, allocated by the first step and overwritten by every later one.
-fn set_inputs<'a>(io: &'a mut Option<Io>, (v1, v2): (&Tensor, &Tensor), lr: f64) -> &'a mut Io {
+fn set_inputs<'a>(io: &'a mut Option<Io>, views: &Views, lr: f64) -> &'a mut Io {
     let io = io.get_or_insert_with(|| Io {
-        views: (v1.zeros_like(), v2.zeros_like()),
-        lr: Tensor::zeros([], (v1.kind(), v1.device())),
+        views: Views {
+            v1: views.v1.zeros_like(),
+            v2: views.v2.zeros_like(),
+            small: views.small.iter().map(Tensor::zeros_like).collect(),
+        },
+        lr: Tensor::zeros([], (views.v1.kind(), views.v1.device())),
         loss: None,
     });
     if planted(INPUTS_NOT_SET) {
         return io;
     }
     tch::no_grad(|| {
-        io.views.0.copy_(v1);
-        io.views.1.copy_(v2);
+        io.views.v1.copy_(&views.v1);
+        io.views.v2.copy_(&views.v2);
+        for (to, from) in io.views.small.iter_mut().zip(&views.small) {
+            to.copy_(from);
+        }
         let _ = io.lr.fill_(lr);
     });
     io

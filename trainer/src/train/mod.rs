@@ -227,7 +227,10 @@ impl Trainer {
             tb.image(
                 "augmentation",
                 step,
-                &crate::observe::plot::grid_image(&tiles, 3)?,
+                &crate::observe::plot::grid_image(
+                    &tiles,
+                    crate::observe::preview::tile_columns(&c.augmentation),
+                )?,
             )?;
         }
         let x = crate::eval::features::eval_input(
@@ -298,10 +301,9 @@ impl Trainer {
             kind: self.kind,
         };
         let lr = self.schedule.lr(step);
-        let views = (&views.0, &views.1);
         match &mut self.graph {
-            Some(g) => g.step(&mut *self.method, st, views, &ctx, lr),
-            None => train_step(&mut *self.method, st, views, &ctx, Lr::Value(lr), log),
+            Some(g) => g.step(&mut *self.method, st, &views, &ctx, lr),
+            None => train_step(&mut *self.method, st, &views, &ctx, Lr::Value(lr), log),
         }
     }
 

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::methods::{Method, StepCtx};
+use crate::methods::{Method, StepCtx, Views};
 use crate::nn::amp::Autocast;
 use crate::nn::optim::{LossScaler, Lr, Optimizer};
 use crate::runtime::dist::Dist;
@@ -35,13 +35,13 @@ pub struct StepOut {
 pub fn train_step(
     method: &mut dyn Method,
     st: StepState,
-    (v1, v2): (&Tensor, &Tensor),
+    views: &Views,
     ctx: &StepCtx,
     lr: Lr,
     log: bool,
 ) -> Result<StepOut> {
     st.opt.zero_grad();
-    let loss = crate::nn::amp::autocast(st.autocast, || method.loss(v1, v2, ctx))??;
+    let loss = crate::nn::amp::autocast(st.autocast, || method.loss_of(views, ctx))??;
     let graph = loss.graph.to_kind(st.kind);
     let scale = st.scaler.as_ref().map_or(1.0, |sc| sc.scale);
     (&graph * scale).backward();
