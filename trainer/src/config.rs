@@ -50,6 +50,8 @@ pub struct Recipe {
     pub mlp_hidden: Option<usize>,
     /// Side of the augmented views (None: the decoded size).
     pub crop: Option<u32>,
+    /// Progressive resizing: the views' side at the first step, growing to `crop` over the run.
+    pub crop_from: Option<u32>,
 }
 
 macro_rules! fill {
@@ -86,7 +88,8 @@ impl Recipe {
             head_bn,
             proj_dim,
             mlp_hidden,
-            crop
+            crop,
+            crop_from
         )
     }
 }

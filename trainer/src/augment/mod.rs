@@ -69,11 +69,10 @@ impl Augmenter {
         n: usize,
         (height, width): (u32, u32),
     ) -> Vec<Vec<ViewParams>> {
-        let Some(cfg) = self.cfg.small_view() else {
+        let (Some(small), Some(cfg)) = (self.cfg.small, self.cfg.small_view()) else {
             return Vec::new();
         };
-        let count = self.cfg.small.map_or(0, |s| s.count);
-        (0..count)
+        (0..small.count)
             .map(|_| {
                 (0..n)
                     .map(|_| params::draw_view(rng, &cfg, height, width))

@@ -11,6 +11,7 @@ use models::Arch;
 
 use super::aug_args::AugArgs;
 use super::eval_args::EvalArgs;
+use crate::augment::AugConfig;
 use crate::config::{
     Amp, KnnMonitorConfig, Length, OptimConfig, PretrainConfig, Recipe, RunSettings,
 };
@@ -199,6 +200,7 @@ impl PretrainArgs {
             proj_dim: self.proj_dim,
             mlp_hidden: self.mlp_hidden,
             crop: self.aug.crop,
+            crop_from: self.aug.crop_from,
         }
     }
 
@@ -220,7 +222,10 @@ impl PretrainArgs {
         let splits = crate::data::parse_splits(&self.splits)
             .map_err(|e| anyhow::anyhow!("--splits: {e}"))?;
         let m = &self.method;
-        let augmentation = self.aug.apply((entry.augmentation)(crop));
+        let augmentation = AugConfig {
+            size_from: ramp_start(self.aug.crop_from, r.crop_from, crop),
+            ..self.aug.apply((entry.augmentation)(crop))
+        };
         if augmentation.small.is_some() && !entry.small_views {
             anyhow::bail!("--small-crops: {m} takes no small views (multi-crop is MoCo v1/v2's)");
         }
@@ -280,6 +285,12 @@ impl PretrainArgs {
     }
 }
 
+/// Where the views' side starts: `--crop-from` as given, or a preset's ramp when it starts below
+/// the run's crop (a preset's 40 → 64 px has nothing to climb under `--crop 32`).
+fn ramp_start(given: Option<u32>, recipe: Option<u32>, crop: u32) -> Option<u32> {
+    given.or(recipe.filter(|&from| from < crop))
+}
+
 /// A value every layer of the recipe left unset: an error naming the flag.
 fn decided<T>(v: Option<T>, flag: &str, method: &str) -> Result<T> {
     v.ok_or_else(|| anyhow::anyhow!("{flag}: {method} has no default"))
@@ -334,6 +345,42 @@ mod tests {
                 plain.bn_splits
             ),
             (96, false, 8)
+        );
+    }
+
+    #[test]
+    fn small_data_fast_is_small_data_with_its_three_changes() {
+        let a = config(&["--preset", "small-data-fast", "--batch-size", "128"]);
+        assert_eq!(
+            (a.augmentation.size, a.augmentation.size_from),
+            (64, Some(40))
+        );
+        assert_eq!(
+            (a.method.queue_size, a.bn_splits, a.optim.lr),
+            (1024, 4, 0.24)
+        );
+        assert!(a.method.symmetric && a.method.projector.hidden_norm);
+        let given = config(&["--preset", "small-data-fast", "--crop-from", "48"]);
+        assert_eq!(
+            given.augmentation.size_from,
+            Some(48),
+            "an explicit --crop-from wins"
+        );
+        let small = config(&["--preset", "small-data-fast", "--crop", "32"]);
+        assert_eq!(
+            small.augmentation.size_from, None,
+            "no ramp down to a smaller crop"
+        );
+        let shrinking = config(&["--crop", "32", "--crop-from", "48"]);
+        assert_eq!(
+            shrinking.augmentation.size_from,
+            Some(48),
+            "a given ramp is kept as given"
+        );
+        let err = refused(&["--method", "byol", "--preset", "small-data-fast"]);
+        assert!(
+            err.to_string().contains("--preset small-data-fast"),
+            "{err}"
         );
     }
 

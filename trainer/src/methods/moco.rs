@@ -18,7 +18,7 @@ use crate::config::{MethodConfig, Recipe};
 use crate::runtime::counters::upload_async;
 use crate::runtime::dist::Dist;
 use crate::runtime::faults::{planted, Fault};
-use crate::nn::loss::{info_nce, normalize};
+use crate::nn::loss::{info_nce, info_nce_per_key, normalize};
 use crate::nn::optim::{MomentumSchedule, OptimizerKind};
 use crate::runtime::rng::{permutation, stream, Purpose};
 
@@ -67,6 +67,7 @@ fn v2_recipe(_: Arch) -> Recipe {
         proj_dim: Some(MOCO_DIM),
         mlp_hidden: Some(0),
         crop: None,
+        crop_from: None,
     }
 }
 
@@ -251,11 +252,7 @@ impl Moco {
         let q = self.embed_q(&Tensor::cat(small, 0));
         q.chunk(small.len() as i64, 0)
             .iter()
-            .flat_map(|q| {
-                keys.iter()
-                    .map(|k| info_nce(q, k, &self.queue, self.cfg.temperature))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|q| info_nce_per_key(q, keys, &self.queue, self.cfg.temperature))
             .reduce(|a, b| a + b)
     }
 

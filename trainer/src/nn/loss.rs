@@ -34,12 +34,22 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// MoCo's InfoNCE logits [q·k, q·negatives]/T `[N, 1 + K]`, the positive at index 0. `q`, `k`
 /// `[N, D]` and `negatives` `[D, K]` are l2-normalised; no gradient flows into the negatives.
 pub fn info_nce_logits(q: &Tensor, k: &Tensor, negatives: &Tensor, temperature: f64) -> Tensor {
+    logits_with(q, k, &negative_logits(q, negatives), temperature)
+}
+
+/// q·negatives `[N, K]`: the costly part of the logits, which one query's terms against
+/// several keys share.
+fn negative_logits(q: &Tensor, negatives: &Tensor) -> Tensor {
+    full_precision(|| to_full(q).mm(&to_full(negatives).detach()))
+}
+
+/// [q·k, `l_neg`]/T.
+fn logits_with(q: &Tensor, k: &Tensor, l_neg: &Tensor, temperature: f64) -> Tensor {
     full_precision(|| {
-        let (q, k, negatives) = (to_full(q), to_full(k), to_full(negatives));
+        let (q, k) = (to_full(q), to_full(k));
         // einsum as the official code writes it: a row-wise sum rounds differently in float32.
         let l_pos = Tensor::einsum("nc,nc->n", &[&q, &k], None::<i64>).unsqueeze(-1);
-        let l_neg = q.mm(&negatives.detach());
-        Tensor::cat(&[l_pos, l_neg], 1) / temperature
+        Tensor::cat(&[&l_pos, l_neg], 1) / temperature
     })
 }
 
@@ -48,6 +58,21 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Ten
     let logits = info_nce_logits(q, k, queue, temperature);
     let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
     cross_entropy(&logits, &labels)
+}
+
+/// [`info_nce`] of the queries `q` against each of `keys`, one term per key, with the queue's
+/// logits computed once for all of them.
+pub fn info_nce_per_key(
+    q: &Tensor,
+    keys: &[&Tensor],
+    queue: &Tensor,
+    temperature: f64,
+) -> Vec<Tensor> {
+    let l_neg = negative_logits(q, queue);
+    let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
+    keys.iter()
+        .map(|k| cross_entropy(&logits_with(q, k, &l_neg, temperature), &labels))
+        .collect()
 }
 
 /// MoCo v3's `contrastive_loss`: the queries `q` `[n, D]` against every key of the global batch
