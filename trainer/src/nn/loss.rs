@@ -34,23 +34,23 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// MoCo's InfoNCE logits [q·k, q·negatives]/T `[N, 1 + K]`, the positive at index 0. `q`, `k`
 /// `[N, D]` and `negatives` `[D, K]` are l2-normalised; no gradient flows into the negatives.
 pub fn info_nce_logits(q: &Tensor, k: &Tensor, negatives: &Tensor, temperature: f64) -> Tensor {
-    logits_with(q, k, &negative_logits(q, negatives), temperature)
-}
-
-/// q·negatives `[N, K]`: the costly part of the logits, which one query's terms against
-/// several keys share.
-fn negative_logits(q: &Tensor, negatives: &Tensor) -> Tensor {
-    full_precision(|| to_full(q).mm(&to_full(negatives).detach()))
-}
-
-/// [q·k, `l_neg`]/T.
-fn logits_with(q: &Tensor, k: &Tensor, l_neg: &Tensor, temperature: f64) -> Tensor {
     full_precision(|| {
-        let (q, k) = (to_full(q), to_full(k));
-        // einsum as the official code writes it: a row-wise sum rounds differently in float32.
-        let l_pos = Tensor::einsum("nc,nc->n", &[&q, &k], None::<i64>).unsqueeze(-1);
-        Tensor::cat(&[&l_pos, l_neg], 1) / temperature
+        let q = to_full(q);
+        logits_with(&q, k, &negative_logits(&q, negatives), temperature)
     })
+}
+
+/// q·negatives `[N, K]` for a float32 `q`: the costly part of the logits, which one query's
+/// terms against several keys share.
+fn negative_logits(q: &Tensor, negatives: &Tensor) -> Tensor {
+    q.mm(&to_full(negatives).detach())
+}
+
+/// [q·k, `l_neg`]/T for a float32 `q`.
+fn logits_with(q: &Tensor, k: &Tensor, l_neg: &Tensor, temperature: f64) -> Tensor {
+    // einsum as the official code writes it: a row-wise sum rounds differently in float32.
+    let l_pos = Tensor::einsum("nc,nc->n", &[q, &to_full(k)], None::<i64>).unsqueeze(-1);
+    Tensor::cat(&[&l_pos, l_neg], 1) / temperature
 }
 
 /// MoCo's InfoNCE: the mean cross entropy of [`info_nce_logits`] against index 0.
@@ -68,11 +68,14 @@ pub fn info_nce_per_key(
     queue: &Tensor,
     temperature: f64,
 ) -> Vec<Tensor> {
-    let l_neg = negative_logits(q, queue);
-    let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
-    keys.iter()
-        .map(|k| cross_entropy(&logits_with(q, k, &l_neg, temperature), &labels))
-        .collect()
+    full_precision(|| {
+        let q = to_full(q);
+        let l_neg = negative_logits(&q, queue);
+        let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
+        keys.iter()
+            .map(|k| cross_entropy(&logits_with(&q, k, &l_neg, temperature), &labels))
+            .collect()
+    })
 }
 
 /// MoCo v3's `contrastive_loss`: the queries `q` `[n, D]` against every key of the global batch
