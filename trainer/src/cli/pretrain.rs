@@ -360,23 +360,26 @@ mod tests {
             (1024, 4, 0.24)
         );
         assert!(a.method.symmetric && a.method.projector.hidden_norm);
-        let given = config(&["--preset", "small-data-fast", "--crop-from", "48"]);
-        assert_eq!(
-            given.augmentation.size_from,
-            Some(48),
-            "an explicit --crop-from wins"
-        );
-        let small = config(&["--preset", "small-data-fast", "--crop", "32"]);
-        assert_eq!(
-            small.augmentation.size_from, None,
-            "no ramp down to a smaller crop"
-        );
-        let shrinking = config(&["--crop", "32", "--crop-from", "48"]);
-        assert_eq!(
-            shrinking.augmentation.size_from,
-            Some(48),
-            "a given ramp is kept as given"
-        );
+        let ramps: [(&[&str], Option<u32>, &str); 3] = [
+            (
+                &["--preset", "small-data-fast", "--crop-from", "48"],
+                Some(48),
+                "an explicit --crop-from wins",
+            ),
+            (
+                &["--preset", "small-data-fast", "--crop", "32"],
+                None,
+                "no ramp down to a smaller crop",
+            ),
+            (
+                &["--crop", "32", "--crop-from", "48"],
+                Some(48),
+                "a given ramp is kept as given",
+            ),
+        ];
+        for (args, from, why) in ramps {
+            assert_eq!(config(args).augmentation.size_from, from, "{why}");
+        }
         let err = refused(&["--method", "byol", "--preset", "small-data-fast"]);
         assert!(
             err.to_string().contains("--preset small-data-fast"),
