@@ -39,8 +39,8 @@ BIN="${BIN:-target/release/moco-train}"
 [ -d "$DATA/train" ] || { echo "study: $DATA/train not found (set DATA=...)" >&2; exit 1; }
 mkdir -p "$OUT"
 
-# Seconds per step of FLAGS, warm: the second half of a CAL_STEPS-step run. Prints it and the side
-# of its views.
+# Seconds per step of FLAGS, warm: the second half of a CAL_STEPS-step run. Prints it, the side of
+# its views and where their ramp starts (empty without one).
 time_step() { # dir flags
   local dir=$1 flags=$2
   rm -rf "$dir"
@@ -52,39 +52,43 @@ time_step() { # dir flags
 import json, sys
 last = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")][-1]
 alg = json.load(open(sys.argv[1] + "/config.json"))["algorithm"]
-print(alg["batch_size"] / last["images_per_sec"], alg["augmentation"]["size"])
+aug = alg["augmentation"]
+print(alg["batch_size"] / last["images_per_sec"], aug["size"], aug.get("size_from", ""))
 PY
 }
 
 # Steps that fit BUDGET_MIN at the measured speed of the recipe. A recipe with progressive
-# resizing (`--crop-from A`) is timed at both ends of its ramp (views of A and of its final side
-# B); its steps at each side are priced between the two by the side's area, as the ramp spends
-# them (`AugConfig::size_at`: a linear ramp in steps of 8 pixels).
+# resizing (`--crop-from A`, or a preset's ramp) is timed at both ends of its ramp (views of A and
+# of its final side B, each without the ramp); its steps at each side are priced between the two
+# by the side's area, as the ramp spends them (`AugConfig::size_at`: a linear ramp in steps of 8
+# pixels).
 calibrate() { # name flags
-  local name=$1 flags=$2 dir="$OUT/.cal/$1" from fixed end start=""
+  local name=$1 flags=$2 dir="$OUT/.cal/$1" from fixed end side ramp start=""
   [ -f "$dir.steps" ] && return 0
   mkdir -p "$OUT/.cal"
   from=$(echo "$flags" | sed -nE 's/.*--crop-from[ =]+([0-9]+).*/\1/p')
   fixed=$(echo "$flags" | sed -E 's/--crop-from[ =]+[0-9]+//')
   end=$(time_step "$dir" "$fixed") \
     || { echo "study: calibrating $name failed: $(tail -1 "$dir.stderr")" >&2; return 0; }
+  read -r _ side ramp <<< "$end"
+  if [ -n "$ramp" ]; then # a preset's ramp ran in the timing: time the final side alone
+    from="${from:-$ramp}"; fixed="$fixed --crop-from $side"
+    end=$(time_step "$dir" "$fixed") \
+      || { echo "study: calibrating $name failed: $(tail -1 "$dir.stderr")" >&2; return 0; }
+  fi
   if [ -n "$from" ]; then
     local small
-    if echo "$fixed" | grep -qE -- '--crop[ =]+[0-9]+'; then
-      small=$(echo "$fixed" | sed -E "s/--crop[ =]+[0-9]+/--crop $from/")
-    else
-      small="$fixed --crop $from"
-    fi
+    small="$(echo "$fixed" | sed -E 's/--crop(-from)?[ =]+[0-9]+//g') --crop $from --crop-from $from"
     start=$(time_step "$dir.from" "$small") \
       || { echo "study: calibrating $name at $from px failed: $(tail -1 "$dir.from.stderr")" >&2; return 0; }
   fi
   .venv/bin/python3 - "$BUDGET_MIN" "$THREADS" "$end" "$start" > "$dir.steps" <<'PY'
 import sys
 secs = float(sys.argv[1]) * 60 / int(sys.argv[2])
-t_b, b = (float(v) for v in sys.argv[3].split())
+t_b, b = (float(v) for v in sys.argv[3].split()[:2])
 per_step = t_b
 if sys.argv[4]:
-    t_a, a = (float(v) for v in sys.argv[4].split())
+    t_a, a = (float(v) for v in sys.argv[4].split()[:2])
     def side(t):  # AugConfig::size_at
         return min(max(round((a + (b - a) * t) / 8) * 8, min(a, b)), max(a, b))
     cost = lambda s: t_a + (t_b - t_a) * (s * s - a * a) / (b * b - a * a)
